@@ -1,0 +1,87 @@
+"""The one explicit start-up: open every resource, hand it to whoever needs it, close it all.
+
+Used by every entry point (the Discord bot, the console, the export command), so they share
+the same database checks, the same crash recovery and the same engine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from bot.config import Config
+from bot.engine import Engine
+from bot.llm import LLMClient, make_http_client
+from bot.store import Store
+from bot.tokens import TokenCounter, load_encoding
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyRunning(Exception):
+    """Another bot process holds this database."""
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    config: Config
+    store: Store
+    engine: Engine
+    interrupted: list[tuple[int, str, list[tuple[int, int | None]]]]
+
+
+@asynccontextmanager
+async def instance_lock(db_path: Path) -> AsyncIterator[None]:
+    """One bot per database: two writers would answer every message twice."""
+    if str(db_path) == ":memory:":
+        yield
+        return
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    handle: IO[str] = lock_path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise AlreadyRunning(
+                f"the database {db_path} is in use by {holder}; stop it first"
+                " (one bot per database)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def open_counter(config: Config) -> TokenCounter:
+    cache = Path(config.database.path).parent / ".tiktoken"
+    return TokenCounter(load_encoding(config.llm.tokenizer, cache))
+
+
+@asynccontextmanager
+async def open_app(config: Config) -> AsyncIterator[App]:
+    """Lock the database, open and migrate it, recover crashed turns, build the engine."""
+    path = Path(config.database.path)
+    async with instance_lock(path):
+        store = await Store.open(path, busy_timeout_ms=config.database.busy_timeout_ms)
+        try:
+            interrupted = await store.recover_pending()
+            if interrupted:
+                log.warning("marked %d turn(s) left by a crash as interrupted", len(interrupted))
+            counter = open_counter(config)
+            async with make_http_client(config.llm) as http:
+                engine = Engine(config, store, LLMClient(http, config.llm), counter)
+                yield App(config, store, engine, interrupted)
+        finally:
+            await store.close()

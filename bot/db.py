@@ -51,6 +51,8 @@ async def connect(path: Path | str, *, busy_timeout_ms: int = 5000) -> aiosqlite
         await db.execute("PRAGMA synchronous = FULL")
         await db.execute("PRAGMA foreign_keys = ON")
         await db.execute("PRAGMA journal_size_limit = 67108864")
+        # /forget must really erase: deleted content is overwritten, not left in free pages.
+        await db.execute("PRAGMA secure_delete = ON")
     except BaseException:
         await db.close()
         raise

@@ -122,3 +122,34 @@ class ReplyRecord:
     latency_ms: int | None = None
     context_start_id: int | None = None
     context_turns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """Overrides an admin set for a channel; None means "inherit"."""
+
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    shared: bool | None = None
+    auto_thread: bool | None = None
+    reply_all: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserSettings:
+    """Overrides a user set for themselves; None means "inherit"."""
+
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFilter:
+    guild_id: int | None = None  # None: every guild and DMs (the shell export only)
+    since: datetime | None = None
+    until: datetime | None = None
+    channel_id: int | None = None
+    model: str | None = None
+    score: str | None = None  # "positive", "negative", "rated", "unrated" or None for all

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import aiosqlite
 
 from bot import db as dbmod
 from bot.models import (
+    ChannelSettings,
+    ExportFilter,
     Incoming,
     ReplyRecord,
     Role,
@@ -23,6 +26,7 @@ from bot.models import (
     Session,
     Status,
     Turn,
+    UserSettings,
     from_iso,
     to_iso,
     utcnow,
@@ -35,11 +39,16 @@ class Store:
         self._prompt_ids: dict[str, int] = {}
 
     @classmethod
-    async def open(cls, path: Path | str, *, busy_timeout_ms: int = 5000) -> Store:
+    async def open(
+        cls, path: Path | str, *, busy_timeout_ms: int = 5000, migrate: bool = True
+    ) -> Store:
         """Connect, migrate to the latest schema, and return a ready store."""
         db = await dbmod.connect(path, busy_timeout_ms=busy_timeout_ms)
         try:
-            await dbmod.migrate(db)
+            if migrate:
+                await dbmod.migrate(db)
+            elif await dbmod.schema_version(db) != dbmod.LATEST_VERSION:
+                raise dbmod.SchemaError("the database is not at this bot's schema version")
         except BaseException:
             await db.close()
             raise
@@ -286,5 +295,330 @@ class Store:
         """Row count helper for status pages and tests; ``table`` is never user input."""
         if table not in {"messages", "sessions", "feedback", "reply_parts"}:
             raise ValueError(table)
-        row = await self._one(f"SELECT count(*) FROM {table} WHERE {where}", tuple(params))  # noqa: S608
+        row = await self._one(f"SELECT count(*) FROM {table} WHERE {where}", tuple(params))
         return int(row[0]) if row else 0
+
+    # -- edits and deletes from Discord -----------------------------------------------------
+
+    async def edit_user_message(self, discord_message_id: int, text: str, tokens: int) -> bool:
+        cursor = await self._db.execute(
+            "UPDATE messages SET content = ?, tokens = ?, updated_at = ?"
+            " WHERE discord_message_id = ? AND role = 'user'",
+            (text, tokens, to_iso(utcnow()), discord_message_id),
+        )
+        return cursor.rowcount > 0
+
+    async def delete_discord_message(self, discord_message_id: int) -> bool:
+        """A user deleted their message: remove it, its reply and the reply's feedback."""
+        cursor = await self._db.execute(
+            "DELETE FROM messages WHERE discord_message_id = ? AND role = 'user'",
+            (discord_message_id,),
+        )
+        if cursor.rowcount:
+            return True
+        cursor = await self._db.execute(
+            "DELETE FROM reply_parts WHERE discord_message_id = ?", (discord_message_id,)
+        )
+        return False
+
+    # -- feedback ---------------------------------------------------------------------------
+
+    async def reply_for_part(self, discord_message_id: int) -> int | None:
+        row = await self._one(
+            "SELECT message_id FROM reply_parts WHERE discord_message_id = ?",
+            (discord_message_id,),
+        )
+        return None if row is None else int(row[0])
+
+    async def set_feedback(self, discord_message_id: int, user_id: int, score: int) -> bool:
+        """Record one user's score for the reply that message belongs to; False if none."""
+        now = to_iso(utcnow())
+        cursor = await self._db.execute(
+            "INSERT INTO feedback (message_id, user_id, score, created_at, updated_at)"
+            " SELECT message_id, ?, ?, ?, ? FROM reply_parts WHERE discord_message_id = ?"
+            " ON CONFLICT (message_id, user_id)"
+            " DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at",
+            (user_id, score, now, now, discord_message_id),
+        )
+        return cursor.rowcount > 0
+
+    async def clear_feedback(self, discord_message_id: int, user_id: int, score: int) -> bool:
+        """Remove a score, but only the one this reaction gave (👍 removed keeps a 👎)."""
+        cursor = await self._db.execute(
+            "DELETE FROM feedback WHERE user_id = ? AND score = ? AND message_id ="
+            " (SELECT message_id FROM reply_parts WHERE discord_message_id = ?)",
+            (user_id, score, discord_message_id),
+        )
+        return cursor.rowcount > 0
+
+    async def scores(self, reply_id: int) -> dict[int, int]:
+        rows = await self._db.execute_fetchall(
+            "SELECT user_id, score FROM feedback WHERE message_id = ?", (reply_id,)
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    # -- settings ---------------------------------------------------------------------------
+
+    CHANNEL_FIELDS = frozenset(ChannelSettings.__slots__)
+    USER_FIELDS = frozenset(UserSettings.__slots__)
+
+    async def channel_settings(self, channel_id: int) -> ChannelSettings:
+        row = await self._one(
+            "SELECT system_prompt, temperature, max_tokens, shared, auto_thread, reply_all"
+            " FROM channel_settings WHERE channel_id = ?",
+            (channel_id,),
+        )
+        if row is None:
+            return ChannelSettings()
+        prompt, temperature, max_tokens, shared, auto_thread, reply_all = row
+        return ChannelSettings(
+            prompt, temperature, max_tokens, _bool(shared), _bool(auto_thread), _bool(reply_all)
+        )
+
+    async def user_settings(self, user_id: int) -> UserSettings:
+        row = await self._one(
+            "SELECT system_prompt, temperature, max_tokens FROM user_settings WHERE user_id = ?",
+            (user_id,),
+        )
+        return UserSettings() if row is None else UserSettings(*row)
+
+    async def set_channel_setting(
+        self, channel_id: int, guild_id: int | None, name: str, value: Any, by: int
+    ) -> None:
+        if name not in self.CHANNEL_FIELDS:
+            raise ValueError(name)
+        await self._db.execute(
+            f"INSERT INTO channel_settings (channel_id, guild_id, {name}, updated_at, updated_by)"
+            f" VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET"
+            f" {name} = excluded.{name}, updated_at = excluded.updated_at,"
+            " updated_by = excluded.updated_by",
+            (channel_id, guild_id, value, to_iso(utcnow()), by),
+        )
+
+    async def set_user_setting(self, user_id: int, name: str, value: Any) -> None:
+        if name not in self.USER_FIELDS:
+            raise ValueError(name)
+        await self._db.execute(
+            f"INSERT INTO user_settings (user_id, {name}, updated_at) VALUES (?, ?, ?)"
+            f" ON CONFLICT (user_id) DO UPDATE SET {name} = excluded.{name},"
+            " updated_at = excluded.updated_at",
+            (user_id, value, to_iso(utcnow())),
+        )
+
+    # -- threads the bot opened -------------------------------------------------------------
+
+    async def add_bot_thread(
+        self, thread_id: int, guild_id: int | None, parent_id: int, user_id: int
+    ) -> None:
+        await self._db.execute(
+            "INSERT OR IGNORE INTO bot_threads (thread_id, guild_id, parent_id, user_id,"
+            " created_at) VALUES (?, ?, ?, ?, ?)",
+            (thread_id, guild_id, parent_id, user_id, to_iso(utcnow())),
+        )
+
+    async def is_bot_thread(self, thread_id: int) -> bool:
+        return (
+            await self._one("SELECT 1 FROM bot_threads WHERE thread_id = ?", (thread_id,))
+            is not None
+        )
+
+    # -- privacy ----------------------------------------------------------------------------
+
+    async def forget_user(
+        self, user_id: int, *, guild_id: int | None = None, channel_id: int | None = None
+    ) -> int:
+        """Delete a user's messages, the replies to them, their sessions and their feedback,
+        everywhere or only in one guild or one channel. Returns the rows deleted."""
+        where, params = "1", []
+        if channel_id is not None:
+            where, params = "s.channel_id = ?", [channel_id]
+        elif guild_id is not None:
+            where, params = "s.guild_id = ?", [guild_id]
+        deleted = 0
+        async with self._transaction() as db:
+            for sql in (
+                # their feedback on replies in scope
+                "DELETE FROM feedback WHERE user_id = ? AND message_id IN (SELECT m.id FROM"
+                f" messages m JOIN sessions s ON s.id = m.session_id WHERE {where})",
+                # their messages (replies and the replies' feedback go by cascade)
+                "DELETE FROM messages WHERE author_id = ? AND session_id IN"
+                f" (SELECT s.id FROM sessions s WHERE {where})",
+                # sessions they owned, with everything in them
+                f"DELETE FROM sessions WHERE user_id = ? AND id IN (SELECT s.id FROM sessions s"
+                f" WHERE {where})",
+            ):
+                cursor = await db.execute(sql, (user_id, *params))
+                deleted += max(cursor.rowcount, 0)
+            if channel_id is None and guild_id is None:
+                for sql in (
+                    "DELETE FROM user_settings WHERE user_id = ?",
+                    "DELETE FROM bot_threads WHERE user_id = ?",
+                    "UPDATE channel_settings SET updated_by = NULL WHERE updated_by = ?",
+                ):
+                    cursor = await db.execute(sql, (user_id,))
+                    deleted += max(cursor.rowcount, 0)
+        # Copies of the deleted pages may still sit in the write-ahead log.
+        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    async def user_data(self, user_id: int) -> dict[str, Any]:
+        """Everything stored about one user, for /mydata."""
+        messages = await self._db.execute_fetchall(
+            "SELECT m.id, s.kind, s.guild_id, s.channel_id, m.role, m.content, m.created_at,"
+            " m.status, m.reply_to FROM messages m JOIN sessions s ON s.id = m.session_id"
+            " WHERE m.author_id = ? OR m.reply_to IN"
+            " (SELECT id FROM messages WHERE author_id = ?) ORDER BY m.id",
+            (user_id, user_id),
+        )
+        feedback = await self._db.execute_fetchall(
+            "SELECT f.message_id, f.score, f.updated_at, m.content FROM feedback f"
+            " JOIN messages m ON m.id = f.message_id WHERE f.user_id = ? ORDER BY f.updated_at",
+            (user_id,),
+        )
+        settings = await self.user_settings(user_id)
+        return {
+            "user_id": str(user_id),
+            "messages": [
+                {
+                    "id": r[0],
+                    "place": r[1],
+                    "guild_id": _str(r[2]),
+                    "channel_id": _str(r[3]),
+                    "role": r[4],
+                    "text": r[5],
+                    "created_at": r[6],
+                    "status": r[7],
+                    "in_reply_to": r[8],
+                }
+                for r in messages
+            ],
+            "feedback": [
+                {"reply_id": r[0], "score": r[1], "at": r[2], "reply": r[3]} for r in feedback
+            ],
+            "settings": {k: getattr(settings, k) for k in sorted(self.USER_FIELDS)},
+        }
+
+    # -- export and status ------------------------------------------------------------------
+
+    async def export_replies(self, where: ExportFilter) -> AsyncIterator[dict[str, Any]]:
+        """Each answered reply with what produced it and how users scored it, oldest first."""
+        clauses = ["a.role = 'assistant'", "a.status IN ('done', 'interrupted')"]
+        params: list[Any] = []
+        if where.guild_id is not None:
+            clauses.append("s.guild_id = ?")
+            params.append(where.guild_id)
+        if where.since is not None:
+            clauses.append("a.created_at >= ?")
+            params.append(to_iso(where.since))
+        if where.until is not None:
+            clauses.append("a.created_at < ?")
+            params.append(to_iso(where.until))
+        if where.channel_id is not None:
+            clauses.append("s.channel_id = ?")
+            params.append(where.channel_id)
+        if where.model is not None:
+            clauses.append("a.model = ?")
+            params.append(where.model)
+        having = {
+            "positive": "HAVING COALESCE(SUM(f.score), 0) > 0",
+            "negative": "HAVING COALESCE(SUM(f.score), 0) < 0",
+            "rated": "HAVING COUNT(f.user_id) > 0",
+            "unrated": "HAVING COUNT(f.user_id) = 0",
+        }.get(where.score or "", "")
+        rows = await self._db.execute_fetchall(
+            "SELECT a.id, s.id, s.kind, s.guild_id, s.channel_id, s.user_id IS NULL,"
+            " u.id, u.content, u.created_at, u.author_id, u.tokens,"
+            " a.content, a.created_at, a.updated_at, a.status, a.model, p.text, a.temperature,"
+            " a.top_p, a.max_tokens, a.prompt_tokens, a.completion_tokens, a.cached_tokens,"
+            " a.first_token_ms, a.latency_ms, a.finish_reason, a.context_start_id, a.tokens,"
+            " group_concat(f.user_id || ':' || f.score)"
+            " FROM messages a JOIN sessions s ON s.id = a.session_id"
+            " JOIN messages u ON u.id = a.reply_to"
+            " LEFT JOIN system_prompts p ON p.id = a.system_prompt_id"
+            " LEFT JOIN feedback f ON f.message_id = a.id"
+            f" WHERE {' AND '.join(clauses)} GROUP BY a.id {having} ORDER BY a.id",
+            params,
+        )
+        for r in rows:
+            context = await self.load_context(r[1], r[26] if r[26] is not None else r[6])
+            scores = [
+                (int(user), int(score))
+                for user, score in (item.split(":") for item in (r[28] or "").split(",") if item)
+            ]
+            yield {
+                "reply_id": r[0],
+                "session_id": r[1],
+                "place": r[2],
+                "guild_id": r[3],
+                "channel_id": r[4],
+                "shared_session": bool(r[5]),
+                "user_message_id": r[6],
+                "user_text": r[7],
+                "user_at": r[8],
+                "author_id": r[9],
+                "user_tokens": r[10],
+                "reply": r[11],
+                "reply_started_at": r[12],
+                "reply_finished_at": r[13],
+                "status": r[14],
+                "model": r[15],
+                "system_prompt": r[16],
+                "temperature": r[17],
+                "top_p": r[18],
+                "max_tokens": r[19],
+                "prompt_tokens": r[20],
+                "completion_tokens": r[21],
+                "cached_tokens": r[22],
+                "first_token_ms": r[23],
+                "latency_ms": r[24],
+                "finish_reason": r[25],
+                "reply_tokens": r[27],
+                "context": [t for t in context if t.user_id < r[6]],
+                "scores": scores,
+            }
+
+    async def stats_since(self, since: datetime) -> dict[str, Any]:
+        at = to_iso(since)
+        turns = await self._db.execute_fetchall(
+            "SELECT status, count(*), avg(latency_ms), avg(first_token_ms) FROM messages"
+            " WHERE role = 'assistant' AND created_at >= ? GROUP BY status",
+            (at,),
+        )
+        feedback = await self._one(
+            "SELECT COALESCE(SUM(score = 1), 0), COALESCE(SUM(score = -1), 0) FROM feedback"
+            " WHERE updated_at >= ?",
+            (at,),
+        )
+        return {
+            "turns": {r[0]: int(r[1]) for r in turns},
+            "latency_ms": {r[0]: r[2] for r in turns},
+            "first_token_ms": {r[0]: r[3] for r in turns},
+            "thumbs_up": int(feedback[0]) if feedback else 0,
+            "thumbs_down": int(feedback[1]) if feedback else 0,
+        }
+
+    async def meta(self, key: str) -> str | None:
+        row = await self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        await self._db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value)
+        )
+        stored = await self.meta(key)
+        assert stored is not None
+        return stored
+
+    async def backup(self, target: Path) -> None:
+        """A consistent online copy through SQLite's backup API, while the bot keeps writing."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        async with aiosqlite.connect(target) as copy:
+            await self._db.backup(copy)
+
+
+def _bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _str(value: int | None) -> str | None:
+    return None if value is None else str(value)

@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
-from bot.app import AlreadyRunning
 from bot.config import Config, ConfigError, load_config
-from bot.db import SchemaError
 
-EXIT_CONFIG = 78  # EX_CONFIG: a service manager should not restart into the same error
+EXIT_CONFIG = 78  # EX_CONFIG: bad config, a locked or too-new database; restarting won't help
+EXIT_AUTH = 77  # EX_NOPERM: Discord refused the token or intents; restarting would loop
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +20,19 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the Discord bot (the default)")
     console = commands.add_parser("console", help="chat with the model in this terminal")
     console.add_argument("--session", default="default", help="conversation name to continue")
+    export = commands.add_parser("export", help="write the feedback log as JSONL or CSV")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    export.add_argument("--guild", type=int, help="only this server")
+    export.add_argument("--since", help="from this date (2026-11-01) or span (7d)")
+    export.add_argument("--until", help="before this date or span")
+    export.add_argument("--channel", type=int, help="only this channel")
+    export.add_argument("--model", help="only replies of this model")
+    export.add_argument("--score", choices=("positive", "negative", "rated", "unrated"))
+    sync = commands.add_parser("sync-commands", help="register the slash commands with Discord")
+    sync.add_argument("--guild", type=int, help="only this server (instant; global takes ~1 h)")
+    backup = commands.add_parser("backup", help="consistent copy of the database, bot running")
+    backup.add_argument("path", type=Path)
     return parser
 
 
@@ -29,8 +42,80 @@ def setup_logging(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # httpx logs every request URL at INFO; keep that out unless debugging.
+    # httpx logs request URLs at INFO and discord.py's DEBUG logs interaction tokens in URLs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("discord.http").setLevel(max(logging.INFO, logging.getLogger().level))
+    logging.getLogger("discord.gateway").setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+async def _export(config: Config, args: argparse.Namespace) -> int:
+    from bot import export
+    from bot.cogs.admin import build_export, export_key, parse_when
+    from bot.models import ExportFilter
+    from bot.store import Store
+
+    where = ExportFilter(
+        guild_id=args.guild,
+        since=parse_when(args.since),
+        until=parse_when(args.until),
+        channel_id=args.channel,
+        model=args.model,
+        score=args.score,
+    )
+    store = await Store.open(config.database.path, migrate=False)
+    try:
+        key = await export_key(store, config)
+    finally:
+        await store.close()
+    body, count = await build_export(config.database.path, where, args.format, key)
+    if args.out:
+        args.out.write_bytes(body)
+    else:
+        sys.stdout.buffer.write(body)
+    print(export.describe(where, count, args.format), file=sys.stderr)
+    return 0
+
+
+async def _backup(config: Config, target: Path) -> int:
+    from bot.store import Store
+
+    store = await Store.open(config.database.path, migrate=False)
+    try:
+        await store.backup(target)
+    finally:
+        await store.close()
+    print(f"backed up {config.database.path} to {target}", file=sys.stderr)
+    return 0
+
+
+async def _sync(config: Config, guild: int | None) -> int:
+    import discord
+
+    from bot.app import open_app
+    from bot.client import ChatBot, FatalLogin, point_at
+
+    if config.discord.token is None:
+        raise FatalLogin("DISCORD_TOKEN is not set")
+    point_at(config.discord)
+    # The command tree does not need the real database: sync while the bot runs.
+    memory = config.model_copy(
+        update={"database": config.database.model_copy(update={"path": Path(":memory:")})}
+    )
+    async with open_app(memory) as app:
+        bot = ChatBot(app)
+        try:
+            await bot.login(config.discord.token.get_secret_value())
+            target = discord.Object(guild) if guild else None
+            if target is not None:
+                bot.tree.copy_global_to(guild=target)
+            synced = await bot.tree.sync(guild=target)
+        except discord.LoginFailure as exc:
+            raise FatalLogin("Discord rejected the token (check DISCORD_TOKEN)") from exc
+        finally:
+            await bot.close()
+    where = f"server {guild}" if guild else "all servers (may take up to an hour to appear)"
+    print(f"synced {len(synced)} command(s) to {where}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,13 +126,30 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config)
+    from bot.app import AlreadyRunning
+    from bot.client import FatalLogin
+    from bot.db import SchemaError
+
     try:
         if args.command == "console":
             from bot.console import run_console
 
             return asyncio.run(run_console(config, args.session))
-        print("the Discord bot is not available in this build", file=sys.stderr)
-        return 2
+        if args.command == "export":
+            return asyncio.run(_export(config, args))
+        if args.command == "backup":
+            if args.path.exists():
+                print(f"error: {args.path} exists; choose a new file", file=sys.stderr)
+                return 1
+            return asyncio.run(_backup(config, args.path))
+        if args.command == "sync-commands":
+            return asyncio.run(_sync(config, args.guild))
+        from bot.client import run
+
+        return asyncio.run(run(config))
+    except FatalLogin as exc:
+        logging.getLogger("bot").critical("%s; not retrying", exc)
+        return EXIT_AUTH
     except (AlreadyRunning, SchemaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -65,8 +66,12 @@ async def instance_lock(db_path: Path) -> AsyncIterator[None]:
 
 
 def open_counter(config: Config) -> TokenCounter:
-    cache = Path(config.database.path).parent / ".tiktoken"
-    return TokenCounter(load_encoding(config.llm.tokenizer, cache))
+    """tiktoken's files are unpacked next to the database: a place the bot may always write."""
+    path = Path(config.database.path)
+    base = (
+        Path(tempfile.gettempdir()) / "vllm-discord-bot" if str(path) == ":memory:" else path.parent
+    )
+    return TokenCounter(load_encoding(config.llm.tokenizer, base / ".tiktoken"))
 
 
 @asynccontextmanager

@@ -103,8 +103,8 @@ class DiscordConfig(_Section):
     reactions_up: tuple[str, ...] = ("\N{THUMBS UP SIGN}",)
     reactions_down: tuple[str, ...] = ("\N{THUMBS DOWN SIGN}",)
     attachment_max_bytes: Annotated[int, Field(ge=0)] = 100_000
-    # Close codes 4004/4014 end the process with this code; systemd must not restart on it.
-    fatal_exit_code: Annotated[int, Field(ge=1, le=255)] = 78
+    # Users who may run admin commands anywhere, besides members with Manage Server.
+    admin_user_ids: tuple[int, ...] = ()
 
 
 class DatabaseConfig(_Section):

@@ -1,0 +1,328 @@
+"""Chat: decide whether to answer a message, convert it to plain data, stream the reply."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import discord
+import httpx
+from discord.ext import commands
+
+from bot.admission import Busy, RateLimiter
+from bot.models import ChannelSettings, Incoming, Kind, Scope
+from bot.settings import resolve
+from bot.streaming import NO_PINGS, ChannelPacer, DiscordReply
+
+if TYPE_CHECKING:
+    from bot.client import ChatBot
+
+log = logging.getLogger(__name__)
+
+ANSWERED = (discord.MessageType.default, discord.MessageType.reply)
+TEXT_SUFFIXES = (".txt", ".md", ".py", ".json", ".csv", ".log", ".yaml", ".yml", ".toml",
+                 ".ini", ".cfg", ".js", ".ts", ".html", ".css", ".sql", ".sh", ".c", ".h",
+                 ".cpp", ".rs", ".go", ".java", ".rb", ".xml")  # fmt: skip
+NOTICE_SECONDS = 20.0
+SEEN_IDS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where and for whom to answer one message."""
+
+    channel: discord.abc.Messageable
+    scope: Scope
+    channel_settings: ChannelSettings
+    reply_to: discord.Message | None
+
+
+class Chat(commands.Cog):
+    def __init__(self, bot: ChatBot) -> None:
+        self.bot = bot
+        self.app = bot.app
+        limits = bot.app.config.limits
+        self.limiter = RateLimiter(limits.user_turns_per_minute, limits.user_burst)
+        self.pacer = ChannelPacer()
+        self.tasks: dict[int, asyncio.Task[None]] = {}  # Discord message id -> its turn
+        self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._downloads = httpx.AsyncClient(timeout=10.0, follow_redirects=True)
+
+    async def cog_unload(self) -> None:
+        await self._downloads.aclose()
+
+    # -- events -----------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if not self._is_candidate(message):
+            return
+        route = await self._route(message)
+        if route is None:
+            return
+        self._seen[message.id] = None
+        if len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+        task = asyncio.create_task(self._answer(message, route))
+        self.tasks[message.id] = task
+        task.add_done_callback(lambda _: self.tasks.pop(message.id, None))
+
+    @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        content = payload.data.get("content")
+        if content is None or payload.data.get("author", {}).get("bot"):
+            return
+        text = self._strip_mention(content)
+        await self.app.store.edit_user_message(
+            payload.message_id, text, self.app.engine.counter.count(text)
+        )
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        await self._deleted(payload.message_id)
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        for message_id in payload.message_ids:
+            await self._deleted(message_id)
+
+    async def _deleted(self, message_id: int) -> None:
+        task = self.tasks.get(message_id)
+        if task is not None:  # the user withdrew the message: stop generating
+            task.cancel()
+            await asyncio.wait([task], timeout=5.0)
+        await self.app.store.delete_discord_message(message_id)
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def _is_candidate(self, message: discord.Message) -> bool:
+        me = self.bot.user
+        return (
+            self.bot.accepting
+            and me is not None
+            and not message.author.bot
+            and message.webhook_id is None
+            and message.author.id != me.id
+            and message.type in ANSWERED
+            and message.id not in self._seen
+        )
+
+    def _mentions_me(self, message: discord.Message) -> bool:
+        me = self.bot.user
+        return me is not None and any(user.id == me.id for user in message.mentions)
+
+    async def _replies_to_me(self, message: discord.Message) -> bool:
+        ref = message.reference
+        if ref is None or ref.message_id is None:
+            return False
+        resolved = ref.resolved
+        me = self.bot.user
+        if isinstance(resolved, discord.Message) and me is not None:
+            return resolved.author.id == me.id
+        return await self.app.store.reply_for_part(ref.message_id) is not None
+
+    async def _route(self, message: discord.Message) -> Route | None:
+        store = self.app.store
+        channel = message.channel
+        author = message.author.id
+        if isinstance(channel, discord.DMChannel):
+            scope = Scope(Kind.DM, str(channel.id), None, author)
+            return Route(channel, scope, ChannelSettings(), message)
+        guild_id = message.guild.id if message.guild else None
+        if isinstance(channel, discord.Thread):
+            parent = channel.parent_id or channel.id
+            settings = await store.channel_settings(parent)
+            mine = channel.owner_id == getattr(self.bot.user, "id", None)
+            if not (
+                mine
+                or await store.is_bot_thread(channel.id)
+                or settings.reply_all
+                or self._mentions_me(message)
+                or await self._replies_to_me(message)
+            ):
+                return None
+            owner = None if settings.shared else author
+            return Route(
+                channel, Scope(Kind.THREAD, str(channel.id), guild_id, owner), settings, message
+            )
+        settings = await store.channel_settings(channel.id)
+        mentioned = self._mentions_me(message)
+        if not (mentioned or settings.reply_all or await self._replies_to_me(message)):
+            return None
+        if mentioned and settings.auto_thread and isinstance(channel, discord.TextChannel):
+            thread = await self._open_thread(message)
+            if thread is not None:
+                owner = None if settings.shared else author
+                scope = Scope(Kind.THREAD, str(thread.id), guild_id, owner)
+                return Route(thread, scope, settings, None)
+        owner = None if settings.shared else author
+        return Route(
+            channel, Scope(Kind.CHANNEL, str(channel.id), guild_id, owner), settings, message
+        )
+
+    async def _open_thread(self, message: discord.Message) -> discord.Thread | None:
+        name = self._strip_mention(message.content)[:80] or f"Chat with {message.author.name}"
+        try:
+            thread = await message.create_thread(name=name, auto_archive_duration=1440)
+        except discord.HTTPException as exc:
+            log.warning("could not open a thread (HTTP %s); answering in the channel", exc.status)
+            return None
+        await self.app.store.add_bot_thread(
+            thread.id,
+            message.guild.id if message.guild else None,
+            message.channel.id,
+            message.author.id,
+        )
+        return thread
+
+    # -- answering --------------------------------------------------------------------------
+
+    def _strip_mention(self, content: str) -> str:
+        me = self.bot.user
+        if me is None:
+            return content.strip()
+        return re.sub(rf"<@!?{me.id}>", "", content).strip()
+
+    async def _answer(self, message: discord.Message, route: Route) -> None:
+        config = self.app.config
+        engine = self.app.engine
+        sink = DiscordReply(
+            route.channel,
+            reply_to=route.reply_to,
+            pacer=self.pacer,
+            edit_interval=config.discord.edit_interval,
+            ping_author=config.discord.ping_author,
+            record_part=self._record_part,
+            show_typing=config.discord.typing,
+        )
+        try:
+            text, skipped = await self._read(message)
+            refusal = await self._refusal(message, route, text)
+            if refusal:
+                sink.stop_typing()
+                await self._notice(message, route, refusal)
+                return
+            shared = route.scope.user_id is None
+            user = await self.app.store.user_settings(message.author.id)
+            settings = resolve(config, route.channel_settings, user, shared=shared)
+            incoming = Incoming(
+                scope=route.scope,
+                text=text,
+                author_id=message.author.id,
+                author_name=message.author.display_name,
+                discord_message_id=message.id,
+                created_at=message.created_at,
+            )
+            if skipped:
+                sink.footer = skipped
+            outcome = await engine.respond(incoming, sink, settings)
+            if outcome is None:
+                sink.stop_typing()  # a replay of a message already answered
+        except Busy:
+            sink.stop_typing()
+            await self._notice(
+                message,
+                route,
+                "I'm busy with other conversations right now. Please try again in a minute.",
+            )
+        except sqlite3.Error as exc:
+            # Full disk, I/O error: nothing is lost that was stored; say so and keep serving.
+            log.error("storage error while answering: %s", type(exc).__name__)
+            await self._notice(
+                message,
+                route,
+                "I couldn't save your message (storage error), "
+                "so I didn't answer it. Please try again later.",
+            )
+        finally:
+            sink.stop_typing()
+
+    async def _refusal(self, message: discord.Message, route: Route, text: str) -> str | None:
+        """A short, polite reason not to answer, or None."""
+        limits = self.app.config.limits
+        if not text:
+            return "Ask me something after the mention."
+        if len(text) > limits.max_message_chars:
+            return (
+                f"That message is {len(text)} characters; I can read up to "
+                f"{limits.max_message_chars}. Please shorten it or split it up."
+            )
+        wait = self.limiter.allow(message.author.id)
+        if wait:
+            return f"You're sending messages quickly. Please wait {max(1, round(wait))} s."
+        if route.scope.user_id is not None:
+            session = await self.app.store.current_session(route.scope)
+            if self.app.engine.is_busy(session.id):
+                return "I'm still answering your previous message."
+        return None
+
+    async def _notice(self, message: discord.Message, route: Route, text: str) -> None:
+        """Tell the author something briefly; the note removes itself after a while."""
+        try:
+            if route.reply_to is not None:
+                await message.reply(
+                    text,
+                    mention_author=False,
+                    allowed_mentions=NO_PINGS,
+                    delete_after=NOTICE_SECONDS,
+                    suppress_embeds=True,
+                )
+            else:
+                await route.channel.send(
+                    text,
+                    allowed_mentions=NO_PINGS,
+                    delete_after=NOTICE_SECONDS,
+                    suppress_embeds=True,
+                )
+        except discord.HTTPException as exc:
+            log.info("could not send a notice (HTTP %s)", exc.status)
+
+    async def _record_part(self, reply_id: int, part: discord.Message, index: int) -> None:
+        await self.app.store.add_reply_part(reply_id, part.id, part.channel.id, index)
+
+    async def _read(self, message: discord.Message) -> tuple[str, str | None]:
+        """The message's text with readable text attachments appended, and a note on the
+        attachments that were skipped."""
+        text = self._strip_mention(message.content)
+        cap = self.app.config.discord.attachment_max_bytes
+        skipped: list[str] = []
+        for attachment in message.attachments:
+            is_text = (attachment.content_type or "").startswith("text/") or (
+                attachment.filename.lower().endswith(TEXT_SUFFIXES)
+            )
+            if not is_text:
+                skipped.append(f"{attachment.filename} (I can only read text files)")
+                continue
+            if attachment.size > cap:
+                skipped.append(f"{attachment.filename} (over {cap // 1000} kB)")
+                continue
+            body = await self._download(attachment.url, cap)
+            if body is None:
+                skipped.append(f"{attachment.filename} (could not be downloaded)")
+                continue
+            content = body.decode("utf-8", errors="replace")
+            text += f"\n\n[Attached file: {attachment.filename}]\n```\n{content}\n```"
+        note = "Skipped: " + "; ".join(skipped) + "." if skipped else None
+        return text.strip(), note
+
+    async def _download(self, url: str, cap: int) -> bytes | None:
+        """Read at most ``cap`` bytes, whatever size the server claims."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with self._downloads.stream("GET", url) as response:
+                if response.status_code != 200:
+                    return None
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > cap:
+                        return None
+                    chunks.append(chunk)
+        except httpx.HTTPError:
+            return None
+        return b"".join(chunks)

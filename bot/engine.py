@@ -93,6 +93,7 @@ class _Context:
     costs: list[int]
     newest: int
     user_message_id: int
+    session_id: int
 
     def start_id(self, plan: Plan) -> int:
         """The row id the session's context starts at after this plan."""
@@ -240,6 +241,7 @@ class Engine:
             costs=[user_cost(t.user_tokens, names) + message_cost(t.reply_tokens) for t in turns],
             newest=user_cost(tokens, names),
             user_message_id=user_message_id,
+            session_id=session.id,
         )
         try:
             plan = self._plan(context, self._config.llm.low_watermark)
@@ -269,14 +271,16 @@ class Engine:
         await sink.started(reply_id)
         return await self._generate(context, plan, sink, reply_id)
 
-    def _plan(self, context: _Context, watermark: float) -> Plan:
+    def _plan(self, context: _Context, watermark: float, *, force: bool = False) -> Plan:
         budget = Budget(
             max_model_len=context.info.max_model_len or self._config.llm.fallback_context,
             max_tokens=context.settings.max_tokens,
             margin=self._config.llm.context_margin,
             ratio=self.ratio,
         )
-        return plan_context(context.system, context.costs, context.newest, budget, watermark)
+        return plan_context(
+            context.system, context.costs, context.newest, budget, watermark, force=force
+        )
 
     async def _generate(
         self, context: _Context, plan: Plan, sink: ReplySink, reply_id: int
@@ -295,11 +299,13 @@ class Engine:
                 try:
                     completion = await self.llm.stream_chat(context.request(plan), on_text)
                 except ContextTooLong as exc:
-                    if pieces or exc.partial:
-                        raise
+                    if pieces or exc.partial or not context.turns[plan.start :]:
+                        raise  # nothing left to drop: a retry would fail the same way
                     # Our estimate was short: trust vLLM, trim much harder, try once more.
                     self.ratio *= 1.25
-                    plan = self._plan(context, self._config.llm.low_watermark / 2)
+                    plan = self._plan(context, self._config.llm.low_watermark / 2, force=True)
+                    self.trims += 1
+                    await self.store.set_context_start(context.session_id, context.start_id(plan))
                     completion = await self.llm.stream_chat(context.request(plan), on_text)
         except (LLMError, MessageTooLong) as exc:
             error = exc if isinstance(exc, LLMError) else ContextTooLong(str(exc))

@@ -145,6 +145,11 @@ class ThinkFilter:
     def feed(self, text: str) -> str:
         if self._state == "pass":
             return text
+        if self._state == "lead":  # whitespace between </think> and the answer is dropped
+            text = text.lstrip()
+            if text:
+                self._state = "pass"
+            return text
         self._buffer += text
         if self._state == "start":
             stripped = self._buffer.lstrip()
@@ -165,9 +170,9 @@ class ThinkFilter:
                 self._buffer = self._buffer[-keep:]
             return ""
         self.reasoning.append(self._buffer[:end])
-        rest = self._buffer[end + len(self.CLOSE) :].lstrip()
-        self._state, self._buffer = "pass", ""
-        return rest
+        rest = self._buffer[end + len(self.CLOSE) :]
+        self._state, self._buffer = "lead", ""
+        return self.feed(rest)
 
     def flush(self) -> str:
         if self._state == "think":

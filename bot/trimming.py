@@ -74,22 +74,26 @@ def plan_context(
     newest_cost: int,
     budget: Budget,
     low_watermark: float,
+    *,
+    force: bool = False,
 ) -> Plan:
     """Choose the first turn to keep.
 
     ``system_cost``, ``turn_costs`` (user message + reply, framing included) and
     ``newest_cost`` are tiktoken estimates. The system prompt and the newest message are
-    always kept; raises MessageTooLong when they alone exceed the budget.
+    always kept; raises MessageTooLong when they alone exceed the budget. ``force`` trims to
+    the watermark even when the context seems to fit, dropping at least one turn (after vLLM
+    said it does not fit).
     """
     fixed = system_cost + newest_cost + PRIMING_TOKENS
     if budget.served(fixed) > budget.limit:
         raise MessageTooLong(budget.served(fixed), budget.limit)
     total = fixed + sum(turn_costs)
-    if budget.served(total) <= budget.limit:
+    if not force and budget.served(total) <= budget.limit:
         return Plan(0, total, budget.served(total))
     target = budget.limit * low_watermark
     start = 0
-    while start < len(turn_costs) and budget.served(total) > target:
+    while start < len(turn_costs) and (budget.served(total) > target or (force and start == 0)):
         total -= turn_costs[start]
         start += 1
     return Plan(start, total, budget.served(total))

@@ -6,6 +6,8 @@ import pytest
 
 from bot.tokens import TokenCounter, load_encoding
 
+pytest_plugins = ["tests.discord_server.fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 
 

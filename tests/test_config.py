@@ -10,14 +10,24 @@ from bot.config import ConfigError, load_config
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no .env or config/bot.toml from the checkout
-    for name in ("BOT_CONFIG", "DISCORD_TOKEN", "LLM_BASE_URL", "LLM_MODEL", "DATABASE_PATH",
-                 "DISCORD_API_BASE", "DISCORD_GATEWAY_URL", "CREDENTIALS_DIRECTORY"):
+    for name in (
+        "BOT_CONFIG",
+        "DISCORD_TOKEN",
+        "LLM_BASE_URL",
+        "LLM_MODEL",
+        "DATABASE_PATH",
+        "DISCORD_API_BASE",
+        "DISCORD_GATEWAY_URL",
+        "CREDENTIALS_DIRECTORY",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
 def test_toml_file_is_read_and_environment_wins(monkeypatch, tmp_path):
     toml = tmp_path / "bot.toml"
-    toml.write_text('[llm]\nbase_url = "http://gpu:8000/v1"\nmodel = "a"\n[chat]\ntemperature = 0.2\n')
+    toml.write_text(
+        '[llm]\nbase_url = "http://gpu:8000/v1"\nmodel = "a"\n[chat]\ntemperature = 0.2\n'
+    )
     monkeypatch.setenv("BOT_CONFIG", str(toml))
     monkeypatch.setenv("LLM_MODEL", "b")
     config = load_config()

@@ -10,9 +10,16 @@ from tests.fake_vllm import FakeVLLM, Script
 
 async def run_console(env: dict[str, str], stdin: str, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "console", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, cwd=REPO, env=env,
+        sys.executable,
+        "-m",
+        "bot",
+        "console",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env=env,
     )
     out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
     return proc.returncode, out.decode(), err.decode()
@@ -20,18 +27,23 @@ async def run_console(env: dict[str, str], stdin: str, *args: str) -> tuple[int,
 
 async def test_console_replies_per_line_and_remembers_the_session(tmp_path):
     async with FakeVLLM(model="tiny") as fake:
-        env = {**os.environ, "LLM_BASE_URL": fake.base_url,
-               "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
-               "BOT_CONFIG": str(REPO / "config" / "bot.toml")}
+        env = {
+            **os.environ,
+            "LLM_BASE_URL": fake.base_url,
+            "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
+            "BOT_CONFIG": str(REPO / "config" / "bot.toml"),
+        }
         fake.push(Script(text="Hello Ann!"), Script(text="Noted: blue."))
-        code, out, err = await run_console(env, "I am Ann\n\nMy favourite colour is blue\n",
-                                           "--session", "demo")
+        code, out, err = await run_console(
+            env, "I am Ann\n\nMy favourite colour is blue\n", "--session", "demo"
+        )
         assert code == 0, err
         assert out.splitlines() == ["Hello Ann!", "Noted: blue."]
 
         fake.push(Script(text="Your favourite colour is blue."))
-        code, out, err = await run_console(env, "What is my favourite colour?\n",
-                                           "--session", "demo")
+        code, out, err = await run_console(
+            env, "What is my favourite colour?\n", "--session", "demo"
+        )
         assert code == 0, err
         assert out.strip() == "Your favourite colour is blue."
         remembered = " ".join(m["content"] for m in fake.chat_requests[-1].body["messages"])
@@ -44,16 +56,20 @@ async def test_console_replies_per_line_and_remembers_the_session(tmp_path):
 
 async def test_console_says_when_the_backend_is_down(tmp_path):
     async with FakeVLLM(model="tiny") as fake:
-        env = {**os.environ, "LLM_BASE_URL": fake.base_url, "LLM_RETRY_BACKOFF": "0.01",
-               "DATABASE_PATH": str(tmp_path / "bot.sqlite3")}
+        env = {
+            **os.environ,
+            "LLM_BASE_URL": fake.base_url,
+            "LLM_RETRY_BACKOFF": "0.01",
+            "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
+        }
         await fake.stop_listening()
-        code, out, err = await run_console(env, "hello?\n")
+        code, out, _err = await run_console(env, "hello?\n")
     assert code == 0
     assert "unavailable" in out
 
 
 async def test_bad_setting_stops_start_with_one_line(tmp_path):
     env = {**os.environ, "LLM_BASE_URL": "not-a-url", "DATABASE_PATH": str(tmp_path / "x.db")}
-    code, out, err = await run_console(env, "")
+    code, _out, err = await run_console(env, "")
     assert code == 78
     assert err.strip() == "config error: LLM_BASE_URL: must be an http:// or https:// URL"

@@ -11,8 +11,10 @@ from bot.splitting import DISCORD_LIMIT
 from tests.fake_vllm import FakeVLLM, Script
 from tests.harness import running_bot
 
-HOSTILE = ("@everyone look! @here too <@&{role}> and <@{user}> <@!{user}> "
-           "```\n@everyone in code\n``` https://evil.example/?q=secret")
+HOSTILE = (
+    "@everyone look! @here too <@&{role}> and <@{user}> <@!{user}> "
+    "```\n@everyone in code\n``` https://evil.example/?q=secret"
+)
 
 
 @pytest.fixture
@@ -75,8 +77,11 @@ async def test_long_reply_is_split_with_balanced_fences(env):
     env.vllm.push(Script(text=text, rate=0))
     msg = await env.fake.user_sends(env.world.channel, env.world.alice, "code", mentions_bot=True)
     parts = await env.reply_to(msg)
-    await env.fake.wait_until(lambda: len(env.parts(msg)) >= 3 and
-                              env.parts(msg)[-1].content.endswith("end"), 10, "all parts")
+    await env.fake.wait_until(
+        lambda: len(env.parts(msg)) >= 3 and env.parts(msg)[-1].content.endswith("end"),
+        10,
+        "all parts",
+    )
     parts = env.parts(msg)
     assert len(parts) >= 3
     for part in parts:
@@ -94,13 +99,20 @@ async def test_dm_reply_and_no_answer_without_mention(env):
     dm = await fake.user_dms(w.alice, "hi in private")
     assert [p.content for p in await env.reply_to(dm)] == ["hello in DM"]
     quiet = await fake.user_sends(w.channel, w.bob, "just chatting, not to the bot")
-    answered = await fake.user_sends(w.channel, w.bob, "but this replies to the bot",
-                                     reply_to=(await env.reply_to(dm))[0], ping_reply=False)
+    answered = await fake.user_sends(
+        w.channel,
+        w.bob,
+        "but this replies to the bot",
+        reply_to=(await env.reply_to(dm))[0],
+        ping_reply=False,
+    )
     await asyncio.sleep(0.5)
     assert env.parts(quiet) == []
     # a reply to one of the bot's messages (in the DM) continues without a mention
-    assert env.rows("SELECT count(*) FROM messages WHERE discord_message_id = ?",
-                    (quiet.id,))[0][0] == 0
+    assert (
+        env.rows("SELECT count(*) FROM messages WHERE discord_message_id = ?", (quiet.id,))[0][0]
+        == 0
+    )
     del answered
 
 
@@ -137,14 +149,20 @@ async def test_one_reply_per_message_across_resume_and_redelivery(env):
 
 async def test_settings_change_what_the_model_receives(env):
     fake, w = env.fake, env.world
-    handle = await fake.invoke_slash(("settings", "set"),
-                                     {"target": "me", "name": "persona", "value": "You are a pirate."},
-                                     user=w.alice, channel=w.channel)
+    handle = await fake.invoke_slash(
+        ("settings", "set"),
+        {"target": "me", "name": "persona", "value": "You are a pirate."},
+        user=w.alice,
+        channel=w.channel,
+    )
     response = await handle.wait_for_callback()
     assert response.ephemeral and "persona" in response.content
-    handle = await fake.invoke_slash(("settings", "set"),
-                                     {"target": "me", "name": "temperature", "value": "0.25"},
-                                     user=w.alice, channel=w.channel)
+    handle = await fake.invoke_slash(
+        ("settings", "set"),
+        {"target": "me", "name": "temperature", "value": "0.25"},
+        user=w.alice,
+        channel=w.channel,
+    )
     await handle.wait_for_callback()
     msg = await fake.user_sends(w.channel, w.alice, "ahoy?", mentions_bot=True)
     await env.reply_to(msg)
@@ -161,7 +179,8 @@ async def test_failure_mid_reply_leaves_a_visible_interrupted_mark(env):
     env.vllm.push(Script(text="The first part of a long answer " * 4, cut_after=6, cut="rst"))
     msg = await env.fake.user_sends(env.world.channel, env.world.alice, "go", mentions_bot=True)
     await env.fake.wait_until(
-        lambda: env.parts(msg) and "interrupted" in env.parts(msg)[-1].content, 10, "the mark")
+        lambda: env.parts(msg) and "interrupted" in env.parts(msg)[-1].content, 10, "the mark"
+    )
     content = env.parts(msg)[-1].content
     assert content.startswith("The first part")
     assert env.rows("SELECT status FROM messages WHERE reply_to IS NOT NULL")[0][0] == "interrupted"

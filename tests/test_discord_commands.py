@@ -34,9 +34,13 @@ async def env(fake_discord, vllm, tmp_path):
 
 
 async def slash(env, command, options=None, *, user=None, channel=None, permissions=None):
-    handle = await env.fake.invoke_slash(command, options or {}, user=user or env.world.alice,
-                                         channel=channel or env.world.channel,
-                                         permissions=permissions)
+    handle = await env.fake.invoke_slash(
+        command,
+        options or {},
+        user=user or env.world.alice,
+        channel=channel or env.world.channel,
+        permissions=permissions,
+    )
     await handle.wait_for_callback()
     assert handle.ack_latency is not None and handle.ack_latency < 2.5
     return handle
@@ -49,8 +53,9 @@ async def final_text(handle) -> str:
 
 
 async def chat(env, text, user=None, channel=None):
-    msg = await env.fake.user_sends(channel or env.world.channel, user or env.world.alice, text,
-                                    mentions_bot=True)
+    msg = await env.fake.user_sends(
+        channel or env.world.channel, user or env.world.alice, text, mentions_bot=True
+    )
     return msg, await env.reply_to(msg)
 
 
@@ -68,7 +73,7 @@ async def test_export_is_refused_to_non_admins_even_if_discord_shows_it(env):
 async def test_export_for_an_admin_is_complete_private_and_safe(env):
     fake, w = env.fake, env.world
     env.vllm.push(Script(text=HOSTILE_REPLY))
-    msg, (reply,) = await chat(env, HOSTILE_USER)
+    _msg, (reply,) = await chat(env, HOSTILE_USER)
     await fake.add_reaction(w.bob, reply, "👍")
     await fake.add_reaction(w.alice, reply, "👎")
     await chat(env, "second question")
@@ -114,11 +119,11 @@ async def test_export_for_an_admin_is_complete_private_and_safe(env):
 async def test_forget_leaves_no_trace_of_the_user(env):
     fake, w = env.fake, env.world
     marker = "my-unique-marker-7f3a"
-    msg, (reply,) = await chat(env, f"remember {marker}")
+    _msg, (reply,) = await chat(env, f"remember {marker}")
     await fake.add_reaction(w.alice, reply, "👍")
     dm = await fake.user_dms(w.alice, f"dm {marker}")
     await env.reply_to(dm)
-    bob_msg, (bob_reply,) = await chat(env, "bob here", user=w.bob)
+    _bob_msg, (bob_reply,) = await chat(env, "bob here", user=w.bob)
     await fake.add_reaction(w.alice, bob_reply, "👎")
     await fake.wait_until(lambda: len(env.rows("SELECT * FROM feedback")) == 2, 5, "scores")
 
@@ -131,8 +136,11 @@ async def test_forget_leaves_no_trace_of_the_user(env):
     click = await fake.click(message, confirm["custom_id"], user=w.alice)
     await click.wait_for_callback()
     await handle.wait_for("edit_original")
-    await fake.wait_until(lambda: not env.rows("SELECT 1 FROM messages WHERE author_id = ?",
-                                               (w.alice.id,)), 5, "deletion")
+    await fake.wait_until(
+        lambda: not env.rows("SELECT 1 FROM messages WHERE author_id = ?", (w.alice.id,)),
+        5,
+        "deletion",
+    )
     assert env.rows("SELECT count(*) FROM feedback WHERE user_id = ?", (w.alice.id,)) == [(0,)]
     assert env.rows("SELECT count(*) FROM sessions WHERE user_id = ?", (w.alice.id,)) == [(0,)]
     # bob's conversation stays
@@ -158,7 +166,7 @@ async def test_forget_can_be_cancelled_and_only_the_invoker_can_confirm(env):
 
 async def test_mydata_returns_the_users_own_history_and_feedback(env):
     fake, w = env.fake, env.world
-    msg, (reply,) = await chat(env, "alice question")
+    _msg, (reply,) = await chat(env, "alice question")
     await chat(env, "bob question", user=w.bob)
     await fake.add_reaction(w.alice, reply, "👍")
     await fake.wait_until(lambda: env.rows("SELECT * FROM feedback"), 5, "score")
@@ -191,19 +199,33 @@ async def test_status_for_admins_only(env):
 
 
 async def test_channel_settings_need_manage_channels_and_values_are_checked(env):
-    denied = await slash(env, ("settings", "set"),
-                         {"target": "channel", "name": "persona", "value": "pirate"},
-                         permissions=Perm.DEFAULT)
+    denied = await slash(
+        env,
+        ("settings", "set"),
+        {"target": "channel", "name": "persona", "value": "pirate"},
+        permissions=Perm.DEFAULT,
+    )
     assert "Manage Channels" in denied.callback.content
-    for name, value in (("temperature", "9"), ("reply_length", "-5"), ("sharing", "all"),
-                        ("bogus", "1")):
-        bad = await slash(env, ("settings", "set"),
-                          {"target": "channel", "name": name, "value": value}, permissions=MOD)
+    for name, value in (
+        ("temperature", "9"),
+        ("reply_length", "-5"),
+        ("sharing", "all"),
+        ("bogus", "1"),
+    ):
+        bad = await slash(
+            env,
+            ("settings", "set"),
+            {"target": "channel", "name": name, "value": value},
+            permissions=MOD,
+        )
         assert bad.ephemeral and "set to" not in bad.callback.content
     assert env.rows("SELECT count(*) FROM channel_settings") == [(0,)]
-    ok = await slash(env, ("settings", "set"),
-                     {"target": "channel", "name": "persona", "value": "You are a pirate."},
-                     permissions=MOD)
+    ok = await slash(
+        env,
+        ("settings", "set"),
+        {"target": "channel", "name": "persona", "value": "You are a pirate."},
+        permissions=MOD,
+    )
     assert "set to" in ok.callback.content
     await chat(env, "hello", user=env.world.bob)
     assert env.vllm.chat_requests[-1].body["messages"][0]["content"] == "You are a pirate."
@@ -215,8 +237,12 @@ async def test_shared_channel_session_and_reply_to_everything(env):
     fake, w = env.fake, env.world
     for name in ("sharing", "reply_to_everything"):
         value = "channel" if name == "sharing" else "on"
-        await slash(env, ("settings", "set"), {"target": "channel", "name": name, "value": value},
-                    permissions=MOD)
+        await slash(
+            env,
+            ("settings", "set"),
+            {"target": "channel", "name": name, "value": value},
+            permissions=MOD,
+        )
     alice = await fake.user_sends(w.channel, w.alice, "The password is swordfish")
     await env.reply_to(alice)
     bob = await fake.user_sends(w.channel, w.bob, "What did alice say?")  # no mention needed
@@ -228,8 +254,12 @@ async def test_shared_channel_session_and_reply_to_everything(env):
 
 async def test_auto_threads_continue_without_mentions(env):
     fake, w = env.fake, env.world
-    await slash(env, ("settings", "set"), {"target": "channel", "name": "auto_threads",
-                                           "value": "on"}, permissions=MOD)
+    await slash(
+        env,
+        ("settings", "set"),
+        {"target": "channel", "name": "auto_threads", "value": "on"},
+        permissions=MOD,
+    )
     msg = await fake.user_sends(w.channel, w.alice, "let's talk", mentions_bot=True)
     await fake.wait_until(lambda: fake.world.messages[msg.id].thread_id, 5, "a thread")
     thread = fake.world.channels[fake.world.messages[msg.id].thread_id]

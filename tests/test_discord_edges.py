@@ -19,22 +19,29 @@ async def vllm():
         yield s
 
 
-async def test_editing_updates_the_stored_turn_and_deleting_removes_it(fake_discord, vllm,
-                                                                       tmp_path):
+async def test_editing_updates_the_stored_turn_and_deleting_removes_it(
+    fake_discord, vllm, tmp_path
+):
     world = await fake_discord.basic_world()
     async with running_bot(fake_discord, vllm, world, tmp_path / "bot.sqlite3") as env:
         fake, w = env.fake, env.world
         msg = await fake.user_sends(w.channel, w.alice, "my number is 111", mentions_bot=True)
         (reply,) = await env.reply_to(msg)
         await fake.user_edits(msg, f"<@{fake.bot.id}> my number is 222")
-        await fake.wait_until(lambda: env.rows(
-            "SELECT content FROM messages WHERE discord_message_id = ?", (msg.id,)) == [
-            ("my number is 222",)], 5, "the edit")
+        await fake.wait_until(
+            lambda: (
+                env.rows("SELECT content FROM messages WHERE discord_message_id = ?", (msg.id,))
+                == [("my number is 222",)]
+            ),
+            5,
+            "the edit",
+        )
         await fake.add_reaction(w.bob, reply, "👍")
         await fake.wait_until(lambda: env.rows("SELECT * FROM feedback"), 5, "score")
         await fake.user_deletes(msg)
-        await fake.wait_until(lambda: env.rows("SELECT count(*) FROM messages") == [(0,)], 5,
-                              "deletion")
+        await fake.wait_until(
+            lambda: env.rows("SELECT count(*) FROM messages") == [(0,)], 5, "deletion"
+        )
         assert env.rows("SELECT count(*) FROM feedback") == [(0,)]
 
 
@@ -47,16 +54,22 @@ async def test_deleting_a_message_cancels_its_generation(fake_discord, vllm, tmp
         await env.fake.user_deletes(msg)
         record = await vllm.next_disconnect(within=2.0)
         assert record.disconnect_after_last_byte is not None
-        await env.fake.wait_until(lambda: env.rows("SELECT count(*) FROM messages") == [(0,)],
-                                  5, "deletion")
+        await env.fake.wait_until(
+            lambda: env.rows("SELECT count(*) FROM messages") == [(0,)], 5, "deletion"
+        )
         assert not env.bot.get_cog("Chat").tasks
 
 
 async def test_one_turn_in_flight_per_user_and_a_rate_limit(fake_discord, vllm, tmp_path):
     world = await fake_discord.basic_world()
     vllm.default = Script(tokens=60, rate=30)
-    async with running_bot(fake_discord, vllm, world, tmp_path / "bot.sqlite3",
-                           limits={"user_turns_per_minute": 2, "user_burst": 2}) as env:
+    async with running_bot(
+        fake_discord,
+        vllm,
+        world,
+        tmp_path / "bot.sqlite3",
+        limits={"user_turns_per_minute": 2, "user_burst": 2},
+    ) as env:
         fake, w = env.fake, env.world
         first = await fake.user_sends(w.channel, w.alice, "one", mentions_bot=True)
         await fake.wait_until(lambda: env.parts(first), 5, "first reply streaming")
@@ -69,8 +82,10 @@ async def test_one_turn_in_flight_per_user_and_a_rate_limit(fake_discord, vllm, 
         others = await fake.user_sends(w.channel, w.bob, "bob is fine", mentions_bot=True)
         await env.reply_to(others)
         assert vllm.attempts == 2
-        assert env.rows("SELECT count(*) FROM messages WHERE discord_message_id IN (?, ?)",
-                        (second.id, third.id)) == [(0,)]
+        assert env.rows(
+            "SELECT count(*) FROM messages WHERE discord_message_id IN (?, ?)",
+            (second.id, third.id),
+        ) == [(0,)]
         for r in env.writes():
             assert r.pings is not None and r.pings.count == 0
 
@@ -78,8 +93,13 @@ async def test_one_turn_in_flight_per_user_and_a_rate_limit(fake_discord, vllm, 
 async def test_queue_full_is_answered_busy(fake_discord, vllm, tmp_path):
     world = await fake_discord.basic_world()
     vllm.default = Script(tokens=100, rate=25)
-    async with running_bot(fake_discord, vllm, world, tmp_path / "bot.sqlite3",
-                           limits={"max_concurrency": 1, "queue_size": 1}) as env:
+    async with running_bot(
+        fake_discord,
+        vllm,
+        world,
+        tmp_path / "bot.sqlite3",
+        limits={"max_concurrency": 1, "queue_size": 1},
+    ) as env:
         fake, w = env.fake, env.world
         users = [w.alice, w.bob, await fake.create_user("carol")]
         await fake.add_member(w.guild, users[2])
@@ -89,17 +109,20 @@ async def test_queue_full_is_answered_busy(fake_discord, vllm, tmp_path):
         assert vllm.max_in_flight == 1 and vllm.attempts == 2
 
 
-async def test_text_attachments_are_read_within_a_cap_and_others_noted(fake_discord, vllm,
-                                                                        tmp_path):
+async def test_text_attachments_are_read_within_a_cap_and_others_noted(
+    fake_discord, vllm, tmp_path
+):
     world = await fake_discord.basic_world()
-    async with running_bot(fake_discord, vllm, world, tmp_path / "bot.sqlite3",
-                           discord={"attachment_max_bytes": 1000}) as env:
+    async with running_bot(
+        fake_discord, vllm, world, tmp_path / "bot.sqlite3", discord={"attachment_max_bytes": 1000}
+    ) as env:
         fake, w = env.fake, env.world
         notes = fake.attachment("notes.txt", b"line one\nline two")
         image = fake.attachment("cat.png", b"\x89PNG....", content_type="image/png")
         huge = fake.attachment("big.log", b"", size=10, stream_size=50_000_000)  # lies about size
-        msg = await fake.user_sends(w.channel, w.alice, "read these", mentions_bot=True,
-                                    attachments=[notes, image, huge])
+        msg = await fake.user_sends(
+            w.channel, w.alice, "read these", mentions_bot=True, attachments=[notes, image, huge]
+        )
         (reply,) = await env.reply_to(msg)
         sent = env.vllm.chat_requests[-1].body["messages"][-1]["content"]
         assert "line one\nline two" in sent and "notes.txt" in sent
@@ -110,20 +133,31 @@ async def test_text_attachments_are_read_within_a_cap_and_others_noted(fake_disc
 
 @pytest.mark.parametrize(("code", "what"), [(4004, "token"), (4014, "intent")])
 async def test_fatal_gateway_close_ends_the_process_with_a_distinct_code(
-        fake_discord, vllm, tmp_path, code, what):
+    fake_discord, vllm, tmp_path, code, what
+):
     await fake_discord.basic_world()
     if code == 4014:
         fake_discord.gateway.privileged_intents = 0
     else:
         fake_discord.close_next_identify(4004)
     config = bot_config(fake_discord, vllm, tmp_path / "bot.sqlite3")
-    env = {**os.environ, "DISCORD_TOKEN": fake_discord.token,
-           "DISCORD_API_BASE": config.discord.api_base,
-           "DISCORD_GATEWAY_URL": config.discord.gateway_url,
-           "LLM_BASE_URL": vllm.base_url, "DATABASE_PATH": str(tmp_path / "bot.sqlite3")}
+    env = {
+        **os.environ,
+        "DISCORD_TOKEN": fake_discord.token,
+        "DISCORD_API_BASE": config.discord.api_base,
+        "DISCORD_GATEWAY_URL": config.discord.gateway_url,
+        "LLM_BASE_URL": vllm.base_url,
+        "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
+    }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", cwd=REPO, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "bot",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 77, err.decode()[-2000:]
     assert fake_discord.gateway.identify_count == 1

@@ -141,7 +141,7 @@ async def test_calibration_learns_the_servers_token_counts(tmp_path, fake):
 async def test_a_message_too_large_gets_a_clear_answer_and_no_request(tmp_path, fake):
     config = make_config(tmp_path, fake.base_url)
     async with open_app(config) as app:
-        outcome, sink = await say(app, "word " * 5000)
+        outcome, _sink = await say(app, "word " * 5000)
     assert outcome.status is Status.FAILED
     assert "too long" in outcome.notice and "tokens" in outcome.notice
     assert fake.attempts == 0
@@ -167,7 +167,7 @@ async def test_failure_mid_stream_keeps_the_partial_reply(tmp_path, fake):
     config = make_config(tmp_path, fake.base_url)
     fake.push(Script(text="one two three four five six", cut_after=3, cut="rst"))
     async with open_app(config) as app:
-        outcome, sink = await say(app, "count")
+        outcome, _sink = await say(app, "count")
         session = await app.store.current_session(SCOPE)
         stored = await app.store.messages_of(session.id)
     assert outcome.status is Status.INTERRUPTED and outcome.text and outcome.notice

@@ -12,20 +12,52 @@ from bot.config import Config
 from bot.models import ChannelSettings, Turn, UserSettings
 from bot.settings import SettingError, parse, resolve
 
-HOSTILE = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", " =1",
-           "\u00a0=1", "ok\n=cmd|' /C calc'!A0", "|pipe", "a\0b", "\u202e=rtl"]
+HOSTILE = [
+    '=HYPERLINK("http://x")',
+    "+1+1",
+    "-2+3",
+    "@SUM(A1)",
+    "\tx",
+    "\rx",
+    " =1",
+    "\u00a0=1",
+    "ok\n=cmd|' /C calc'!A0",
+    "|pipe",
+    "a\0b",
+    "\u202e=rtl",
+]
 
 
 def _raw(text: str, reply: str) -> dict:
     at = datetime(2026, 1, 1, tzinfo=UTC)
     return {
-        "reply_id": 1, "session_id": 1, "place": "channel", "guild_id": 10, "channel_id": 20,
-        "shared_session": False, "user_message_id": 2, "user_text": text, "user_at": "t",
-        "author_id": 123456789012345678, "user_tokens": 3, "reply": reply,
-        "reply_started_at": "t", "reply_finished_at": "t", "status": "done", "model": "m",
-        "system_prompt": "=sys", "temperature": 0.7, "top_p": 1.0, "max_tokens": 100,
-        "prompt_tokens": 5, "completion_tokens": 6, "cached_tokens": 0, "first_token_ms": 7,
-        "latency_ms": 8, "finish_reason": "stop", "reply_tokens": 6,
+        "reply_id": 1,
+        "session_id": 1,
+        "place": "channel",
+        "guild_id": 10,
+        "channel_id": 20,
+        "shared_session": False,
+        "user_message_id": 2,
+        "user_text": text,
+        "user_at": "t",
+        "author_id": 123456789012345678,
+        "user_tokens": 3,
+        "reply": reply,
+        "reply_started_at": "t",
+        "reply_finished_at": "t",
+        "status": "done",
+        "model": "m",
+        "system_prompt": "=sys",
+        "temperature": 0.7,
+        "top_p": 1.0,
+        "max_tokens": 100,
+        "prompt_tokens": 5,
+        "completion_tokens": 6,
+        "cached_tokens": 0,
+        "first_token_ms": 7,
+        "latency_ms": 8,
+        "finish_reason": "stop",
+        "reply_tokens": 6,
         "context": [Turn(1, "-earlier", 1, at, None, "@earlier", 1, at)],
         "scores": [(123456789012345678, 1), (876543210987654321, -1), (555, 1)],
     }
@@ -67,7 +99,11 @@ async def test_jsonl_keeps_exact_text_and_context():
     await export.write(export.records(_rows([_raw("=1+1", "hi")]), b"key"), out, "jsonl")
     rec = json.loads(out.getvalue())
     assert rec["user_text"] == "=1+1"
-    assert rec["context"][0] == {"role": "user", "text": "-earlier", "at": "2026-01-01T00:00:00.000Z"}
+    assert rec["context"][0] == {
+        "role": "user",
+        "text": "-earlier",
+        "at": "2026-01-01T00:00:00.000Z",
+    }
     assert rec["guild_id"] == "10"
     assert {s["score"] for s in rec["scores"]} == {1, -1}
     assert rec["score"] == 1
@@ -75,9 +111,15 @@ async def test_jsonl_keeps_exact_text_and_context():
 
 @pytest.mark.parametrize(
     ("name", "raw", "expected"),
-    [("temperature", "0.3", 0.3), ("reply_length", "256", 256), ("sharing", "channel", 1),
-     ("auto_threads", "on", 1), ("reply_to_everything", "off", 0), ("persona", "  pirate ", "pirate"),
-     ("temperature", "default", None)],
+    [
+        ("temperature", "0.3", 0.3),
+        ("reply_length", "256", 256),
+        ("sharing", "channel", 1),
+        ("auto_threads", "on", 1),
+        ("reply_to_everything", "off", 0),
+        ("persona", "  pirate ", "pirate"),
+        ("temperature", "default", None),
+    ],
 )
 def test_valid_values(name, raw, expected):
     assert parse(name, raw) == expected
@@ -85,9 +127,20 @@ def test_valid_values(name, raw, expected):
 
 @pytest.mark.parametrize(
     ("name", "raw"),
-    [("temperature", "2.5"), ("temperature", "nan"), ("temperature", "-0.1"), ("temperature", "x"),
-     ("reply_length", "5"), ("reply_length", "99999"), ("reply_length", "1.5"), ("sharing", "all"),
-     ("auto_threads", "maybe"), ("persona", "x" * 4001), ("nope", "1"), ("temperature", "inf")],
+    [
+        ("temperature", "2.5"),
+        ("temperature", "nan"),
+        ("temperature", "-0.1"),
+        ("temperature", "x"),
+        ("reply_length", "5"),
+        ("reply_length", "99999"),
+        ("reply_length", "1.5"),
+        ("sharing", "all"),
+        ("auto_threads", "maybe"),
+        ("persona", "x" * 4001),
+        ("nope", "1"),
+        ("temperature", "inf"),
+    ],
 )
 def test_invalid_values_are_refused_politely(name, raw):
     with pytest.raises(SettingError) as info:

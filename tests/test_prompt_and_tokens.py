@@ -14,9 +14,11 @@ T = datetime(2026, 11, 26, 5, 3, tzinfo=UTC)
 def test_time_note_has_the_time_and_a_gap_only_when_it_matters():
     assert time_note(T, T - timedelta(minutes=5)) == "[Thu 2026-11-26 05:03 UTC]"
     assert time_note(T, T - timedelta(hours=3, minutes=5)) == (
-        "[Thu 2026-11-26 05:03 UTC, 3 h 5 min after the previous message]")
+        "[Thu 2026-11-26 05:03 UTC, 3 h 5 min after the previous message]"
+    )
     assert time_note(T, T - timedelta(days=2, hours=1), "Ann]\n") == (
-        "[Ann, Thu 2026-11-26 05:03 UTC, 2 d 1 h after the previous message]")
+        "[Ann, Thu 2026-11-26 05:03 UTC, 2 d 1 h after the previous message]"
+    )
 
 
 def test_note_fits_its_token_allowance(counter):
@@ -27,11 +29,15 @@ def test_note_fits_its_token_allowance(counter):
 def test_history_renders_the_same_on_every_request():
     turns = [Turn(1, "hi", 1, T, "ann", "hello", 1, T + timedelta(seconds=3))]
     first = build_messages("sys", turns, "next", T + timedelta(hours=2), "ann")
-    later_turns = [*turns, Turn(3, "next", 1, T + timedelta(hours=2), "ann", "ok", 1,
-                                T + timedelta(hours=2, seconds=3))]
+    later_turns = [
+        *turns,
+        Turn(
+            3, "next", 1, T + timedelta(hours=2), "ann", "ok", 1, T + timedelta(hours=2, seconds=3)
+        ),
+    ]
     second = build_messages("sys", later_turns, "again", T + timedelta(hours=2, minutes=1), "ann")
     assert second[: len(first)] == first  # the earlier prompt is a prefix of the later one
-    assert "sys" == first[0]["content"]  # no clock in the system prompt
+    assert first[0]["content"] == "sys"  # no clock in the system prompt
 
 
 def test_shared_sessions_name_the_speaker():

@@ -26,7 +26,9 @@ def test_parts_fit_and_keep_fences_balanced(lines):
     text = "\n".join(lines)
     parts = split_reply(text)
     assert all(0 < len(p) <= DISCORD_LIMIT for p in parts)
-    assert _without_fences("".join(parts)).replace("\n", "") == _without_fences(text).replace("\n", "")
+    assert _without_fences("".join(parts)).replace("\n", "") == _without_fences(text).replace(
+        "\n", ""
+    )
     # every part but the last is balanced on its own (the last mirrors the model's own text)
     assert all(_fence_lines(p) % 2 == 0 for p in parts[:-1])
 

@@ -59,7 +59,10 @@ async def test_newer_schema_is_refused_with_a_clear_error(tmp_path):
 
 async def test_failed_migration_leaves_the_old_version(tmp_path, monkeypatch):
     path = tmp_path / "bot.sqlite3"
-    broken = [*dbmod.migrations(), "CREATE TABLE extra (x INTEGER) STRICT;\nSELECT nope FROM nowhere;"]
+    broken = [
+        *dbmod.migrations(),
+        "CREATE TABLE extra (x INTEGER) STRICT;\nSELECT nope FROM nowhere;",
+    ]
     monkeypatch.setattr(dbmod, "migrations", lambda: broken)
     with pytest.raises(sqlite3.OperationalError):
         await Store.open(path)
@@ -70,12 +73,24 @@ async def test_failed_migration_leaves_the_old_version(tmp_path, monkeypatch):
 
 
 async def _turn(store, session_id, text, reply, *, discord_id=None, status=Status.DONE, at=None):
-    incoming = Incoming(SCOPE, text, author_id=7, author_name="ann", discord_message_id=discord_id,
-                        created_at=at or datetime.now(UTC))
+    incoming = Incoming(
+        SCOPE,
+        text,
+        author_id=7,
+        author_name="ann",
+        discord_message_id=discord_id,
+        created_at=at or datetime.now(UTC),
+    )
     user_id = await store.add_user_message(session_id, incoming, len(text.split()))
-    reply_id = await store.start_reply(session_id, user_id, model="m", system_prompt_id=
-                                       await store.system_prompt_id("sys"), temperature=0.5,
-                                       top_p=1.0, max_tokens=100)
+    reply_id = await store.start_reply(
+        session_id,
+        user_id,
+        model="m",
+        system_prompt_id=await store.system_prompt_id("sys"),
+        temperature=0.5,
+        top_p=1.0,
+        max_tokens=100,
+    )
     await store.finish_turn(user_id, reply_id, ReplyRecord(status, reply, len(reply.split())))
     return user_id, reply_id
 
@@ -106,8 +121,14 @@ async def test_context_pairs_turns_in_order_and_skips_failed_ones(store):
     base = datetime(2026, 1, 1, tzinfo=UTC)
     await _turn(store, s.id, "one", "r1", at=base)
     await _turn(store, s.id, "two", "", status=Status.FAILED, at=base + timedelta(minutes=1))
-    await _turn(store, s.id, "three", "partial r3", status=Status.INTERRUPTED,
-                at=base + timedelta(minutes=2))
+    await _turn(
+        store,
+        s.id,
+        "three",
+        "partial r3",
+        status=Status.INTERRUPTED,
+        at=base + timedelta(minutes=2),
+    )
     turns = await store.load_context(s.id, 0)
     assert [(t.user_text, t.reply_text) for t in turns] == [("one", "r1"), ("three", "partial r3")]
     assert turns[0].user_at == base
@@ -125,8 +146,9 @@ async def test_a_discord_message_is_stored_once(store):
 async def test_timestamps_are_utc_iso(store, tmp_path):
     s = await store.current_session(SCOPE)
     await _turn(store, s.id, "hello", "hi", at=datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC))
-    rows = list(await store._db.execute_fetchall(
-        "SELECT created_at FROM messages WHERE role = 'user'"))
+    rows = list(
+        await store._db.execute_fetchall("SELECT created_at FROM messages WHERE role = 'user'")
+    )
     assert rows[0][0] == "2026-03-04T05:06:07.890Z"
 
 
@@ -135,9 +157,15 @@ async def test_pending_turns_left_by_a_crash_become_interrupted(tmp_path):
     s = await Store.open(path)
     session = await s.current_session(SCOPE)
     user_id = await s.add_user_message(session.id, Incoming(SCOPE, "q"), 1)
-    reply_id = await s.start_reply(session.id, user_id, model="m", system_prompt_id=
-                                   await s.system_prompt_id("sys"), temperature=0.5, top_p=1.0,
-                                   max_tokens=10)
+    reply_id = await s.start_reply(
+        session.id,
+        user_id,
+        model="m",
+        system_prompt_id=await s.system_prompt_id("sys"),
+        temperature=0.5,
+        top_p=1.0,
+        max_tokens=10,
+    )
     await s.add_reply_part(reply_id, 9001, 100, 0)
     await s.checkpoint_reply(reply_id, "half an ans")
     await s.close()  # the process "dies" here, with the turn pending

@@ -50,24 +50,42 @@ def test_every_prompt_fits_and_keeps_what_it_must(
     counter, history, system, newest, max_model_len, max_tokens, margin, watermark
 ):
     turns = _turns(history)
-    turns = [t.__class__(t.user_id, t.user_text, counter.count(t.user_text), t.user_at, None,
-                         t.reply_text, counter.count(t.reply_text), t.reply_at) for t in turns]
+    turns = [
+        t.__class__(
+            t.user_id,
+            t.user_text,
+            counter.count(t.user_text),
+            t.user_at,
+            None,
+            t.reply_text,
+            counter.count(t.reply_text),
+            t.reply_at,
+        )
+        for t in turns
+    ]
     budget = Budget(max_model_len, max_tokens, margin)
     costs = [user_cost(t.user_tokens) + message_cost(t.reply_tokens) for t in turns]
     newest_at = T0 + timedelta(days=400)
     try:
-        plan = plan_context(message_cost(counter.count(system)), costs,
-                            user_cost(counter.count(newest)), budget, watermark)
+        plan = plan_context(
+            message_cost(counter.count(system)),
+            costs,
+            user_cost(counter.count(newest)),
+            budget,
+            watermark,
+        )
     except MessageTooLong:
         # refused only when it really does not fit (give or take the time note's allowance)
         alone = build_messages(system, [], newest, newest_at, None)
         assert _rendered_tokens(counter, alone) + max_tokens > max_model_len - margin - NOTE_TOKENS
         return
-    messages = build_messages(system, turns[plan.start:], newest, newest_at, None)
+    messages = build_messages(system, turns[plan.start :], newest, newest_at, None)
     assert _rendered_tokens(counter, messages) + max_tokens <= max_model_len - margin
     assert messages[0] == {"role": "system", "content": system}
     assert messages[-1]["role"] == "user" and messages[-1]["content"].endswith(newest)
-    assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * (len(turns) - plan.start) + ["user"]
+    assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * (
+        len(turns) - plan.start
+    ) + ["user"]
 
 
 def test_start_stays_put_until_over_budget_then_drops_to_the_watermark():

@@ -7,6 +7,7 @@ aiosqlite's thread; operations that touch several rows wrap them in BEGIN IMMEDI
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -33,9 +34,39 @@ from bot.models import (
 )
 
 
+class _Serialised:
+    """The connection, one operation at a time.
+
+    All tasks share one connection, so without this a statement from one task could run inside
+    another task's BEGIN … COMMIT (and be rolled back with it), or a second BEGIN would fail.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, lock: asyncio.Lock) -> None:
+        self._raw = db
+        self._lock = lock
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Cursor:
+        async with self._lock:
+            return await self._raw.execute(sql, params)
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> Iterable[Any]:
+        async with self._lock:
+            return await self._raw.execute_fetchall(sql, params)
+
+    async def backup(self, target: aiosqlite.Connection) -> None:
+        async with self._lock:
+            await self._raw.backup(target)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._raw.close()
+
+
 class Store:
     def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
+        self._raw = db
+        self._lock = asyncio.Lock()
+        self._db = _Serialised(db, self._lock)
         self._prompt_ids: dict[str, int] = {}
 
     @classmethod
@@ -60,13 +91,17 @@ class Store:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        await self._db.execute("COMMIT")
+        """BEGIN IMMEDIATE … COMMIT, holding the connection so no other task's statement
+        can land inside it."""
+        async with self._lock:
+            db = self._raw
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = list(await self._db.execute_fetchall(sql, params))

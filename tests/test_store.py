@@ -179,3 +179,20 @@ async def test_pending_turns_left_by_a_crash_become_interrupted(tmp_path):
     assert [t.reply_text for t in await s.load_context(session.id, 0)] == ["half an ans"]
     assert await s.recover_pending() == []
     await s.close()
+
+
+async def test_concurrent_turns_on_one_connection_do_not_interleave_transactions(store):
+    """Many tasks share the store; a transaction must never see another task's statement."""
+    import asyncio
+
+    async def one(i: int) -> None:
+        scope = Scope(Kind.CHANNEL, str(i % 3), guild_id=1, user_id=i)
+        session = await store.current_session(scope)
+        await _turn(store, session.id, f"q{i}", f"a{i}", discord_id=1000 + i)
+        await store.recover_pending()
+
+    await asyncio.gather(*(one(i) for i in range(60)))
+    rows = list(
+        await store._db.execute_fetchall("SELECT status, count(*) FROM messages GROUP BY 1")
+    )
+    assert rows == [("done", 120)]

@@ -62,12 +62,14 @@ class Chat(commands.Cog):
     async def on_message(self, message: discord.Message) -> None:
         if not self._is_candidate(message):
             return
-        route = await self._route(message)
-        if route is None:
-            return
+        # Marked before the first await: a replayed copy arriving meanwhile is dropped here
+        # (the database's unique Discord id catches replays after a restart).
         self._seen[message.id] = None
         if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
+        route = await self._route(message)
+        if route is None:
+            return
         task = asyncio.create_task(self._answer(message, route))
         self.tasks[message.id] = task
         task.add_done_callback(lambda _: self.tasks.pop(message.id, None))

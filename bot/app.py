@@ -19,6 +19,7 @@ from typing import IO
 from bot.config import Config
 from bot.engine import Engine
 from bot.llm import LLMClient, make_http_client
+from bot.metrics import Metrics
 from bot.store import Store
 from bot.tokens import TokenCounter, load_encoding
 
@@ -85,8 +86,14 @@ async def open_app(config: Config) -> AsyncIterator[App]:
             if interrupted:
                 log.warning("marked %d turn(s) left by a crash as interrupted", len(interrupted))
             counter = open_counter(config)
-            async with make_http_client(config.llm) as http:
-                engine = Engine(config, store, LLMClient(http, config.llm), counter)
-                yield App(config, store, engine, interrupted)
+            metrics = Metrics()
+            if config.metrics.port:
+                metrics.serve(config.metrics.host, config.metrics.port)
+            try:
+                async with make_http_client(config.llm) as http:
+                    engine = Engine(config, store, LLMClient(http, config.llm), counter, metrics)
+                    yield App(config, store, engine, interrupted)
+            finally:
+                metrics.close()
         finally:
             await store.close()

@@ -26,6 +26,7 @@ from typing import Protocol
 from bot.admission import Gate
 from bot.config import Config
 from bot.llm import ChatRequest, Completion, ContextTooLong, LLMClient, LLMError, ModelInfo
+from bot.metrics import Metrics
 from bot.models import ChatSettings, Incoming, ReplyRecord, Session, Status, Turn
 from bot.prompt import build_messages, clean_name
 from bot.store import Store
@@ -121,7 +122,14 @@ class _Context:
 
 
 class Engine:
-    def __init__(self, config: Config, store: Store, llm: LLMClient, counter: TokenCounter) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        llm: LLMClient,
+        counter: TokenCounter,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._config = config
         self.store = store
         self.llm = llm
@@ -133,6 +141,8 @@ class Engine:
         self._model_lock = asyncio.Lock()
         self.turns_started = 0
         self.trims = 0
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_queue(lambda: self.gate.running, lambda: self.gate.waiting)
 
     # -- model and calibration --------------------------------------------------------------
 
@@ -250,6 +260,8 @@ class Engine:
                 f"Your message is too long for this model: about {exc.needed} tokens "
                 f"where {exc.limit} fit. Please shorten it or split it up."
             )
+            self.metrics.turns.labels(Status.FAILED).inc()
+            self.metrics.refusals.labels("too_long_for_context").inc()
             record = ReplyRecord(Status.FAILED, "", 0, error="message too long")
             await self.store.finish_turn(user_message_id, None, record)
             outcome = Outcome(Status.FAILED, "", notice, user_message_id=user_message_id)
@@ -257,6 +269,7 @@ class Engine:
             return outcome
         if plan.trimmed:
             self.trims += 1
+            self.metrics.trims.inc()
             await self.store.set_context_start(session.id, context.start_id(plan))
         prompt_id = await self.store.system_prompt_id(settings.system_prompt)
         reply_id = await self.store.start_reply(
@@ -305,6 +318,7 @@ class Engine:
                     self.ratio *= 1.25
                     plan = self._plan(context, self._config.llm.low_watermark / 2, force=True)
                     self.trims += 1
+                    self.metrics.trims.inc()
                     await self.store.set_context_start(context.session_id, context.start_id(plan))
                     completion = await self.llm.stream_chat(context.request(plan), on_text)
         except (LLMError, MessageTooLong) as exc:
@@ -319,6 +333,7 @@ class Engine:
             )
         except asyncio.CancelledError as exc:
             status = Status.INTERRUPTED if exc.args == (SHUTDOWN,) else Status.CANCELLED
+            self.metrics.turns.labels(status).inc()
             text = "".join(pieces)
             record = ReplyRecord(status, text, self.counter.count(text), error=str(status))
             with contextlib.suppress(Exception):
@@ -336,6 +351,7 @@ class Engine:
         finally:
             checkpoints.cancel()
         self._learn(plan, completion)
+        self._observe(completion)
         record = ReplyRecord(
             status=Status.DONE,
             text=completion.text,
@@ -350,6 +366,8 @@ class Engine:
             context_turns=len(context.turns) - plan.start,
         )
         await self.store.finish_turn(user_message_id, reply_id, record)
+        if self._config.logging.log_content:  # an admin's explicit debug switch
+            log.info("turn %d: %r -> %r", user_message_id, context.incoming.text, completion.text)
         notice = None
         if completion.finish_reason == "length":
             notice = "The reply reached its length limit."
@@ -365,6 +383,20 @@ class Engine:
         )
         await sink.finish(outcome)
         return outcome
+
+    def _observe(self, completion: Completion) -> None:
+        m = self.metrics
+        m.turns.labels(Status.DONE).inc()
+        m.reply_seconds.observe(completion.duration_s)
+        if completion.first_token_s is not None:
+            m.first_token_seconds.observe(completion.first_token_s)
+        for kind, value in (
+            ("prompt", completion.prompt_tokens),
+            ("completion", completion.completion_tokens),
+            ("cached", completion.cached_tokens),
+        ):
+            if value:
+                m.tokens.labels(kind).inc(value)
 
     async def _checkpoint(self, reply_id: int, pieces: list[str]) -> None:
         saved = 0
@@ -385,6 +417,8 @@ class Engine:
     ) -> Outcome:
         text = text or exc.partial
         status = Status.INTERRUPTED if text else Status.FAILED
+        self.metrics.turns.labels(status).inc()
+        self.metrics.errors.labels(exc.kind).inc()
         log.warning(
             "turn %s %s after %d attempt(s): %s", user_message_id, status, exc.attempts, exc.kind
         )

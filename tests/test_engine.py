@@ -207,3 +207,26 @@ async def test_one_generation_at_a_time_per_session(tmp_path):
             results = await asyncio.gather(*(say(app, f"q{i}") for i in range(3)))
             assert all(o.status is Status.DONE for o, _ in results)
         assert fake.max_in_flight == 1
+
+
+async def test_metrics_count_turns_and_are_served_on_a_local_port(tmp_path, fake):
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = make_config(tmp_path, fake.base_url)
+    config = config.model_copy(update={"metrics": config.metrics.model_copy(update={"port": port})})
+    fake.push(Script(text="ok"), Script(status=400))
+    async with open_app(config) as app:
+        await say(app, "hello")
+        await say(app, "again")
+        async with httpx.AsyncClient() as http:
+            body = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert 'bot_turns_total{status="done"} 1.0' in body
+    assert 'bot_turns_total{status="failed"} 1.0' in body
+    assert 'bot_llm_errors_total{kind="bad_response"} 1.0' in body
+    assert 'bot_tokens_total{kind="prompt"}' in body
+    assert 'bot_queue{state="waiting"} 0.0' in body

@@ -206,8 +206,10 @@ class Chat(commands.Cog):
             text, skipped = await self._read(message)
             refusal = await self._refusal(message, route, text)
             if refusal:
+                reason, notice = refusal
+                self.app.engine.metrics.refusals.labels(reason).inc()
                 sink.stop_typing()
-                await self._notice(message, route, refusal)
+                await self._notice(message, route, notice)
                 return
             shared = route.scope.user_id is None
             user = await self.app.store.user_settings(message.author.id)
@@ -226,6 +228,7 @@ class Chat(commands.Cog):
             if outcome is None:
                 sink.stop_typing()  # a replay of a message already answered
         except Busy:
+            self.app.engine.metrics.refusals.labels("busy").inc()
             sink.stop_typing()
             await self._notice(
                 message,
@@ -244,23 +247,27 @@ class Chat(commands.Cog):
         finally:
             sink.stop_typing()
 
-    async def _refusal(self, message: discord.Message, route: Route, text: str) -> str | None:
-        """A short, polite reason not to answer, or None."""
+    async def _refusal(
+        self, message: discord.Message, route: Route, text: str
+    ) -> tuple[str, str] | None:
+        """(reason, a short and polite note) for not answering, or None."""
         limits = self.app.config.limits
         if not text:
-            return "Ask me something after the mention."
+            return "empty", "Ask me something after the mention."
         if len(text) > limits.max_message_chars:
-            return (
+            return "too_long", (
                 f"That message is {len(text)} characters; I can read up to "
                 f"{limits.max_message_chars}. Please shorten it or split it up."
             )
         wait = self.limiter.allow(message.author.id)
         if wait:
-            return f"You're sending messages quickly. Please wait {max(1, round(wait))} s."
+            return "rate_limited", (
+                f"You're sending messages quickly. Please wait {max(1, round(wait))} s."
+            )
         if route.scope.user_id is not None:
             session = await self.app.store.current_session(route.scope)
             if self.app.engine.is_busy(session.id):
-                return "I'm still answering your previous message."
+                return "in_flight", "I'm still answering your previous message."
         return None
 
     async def _notice(self, message: discord.Message, route: Route, text: str) -> None:

@@ -57,7 +57,7 @@ class Feedback(commands.Cog):
             if user is not None and user.bot:
                 return
         if await self.bot.app.store.set_feedback(payload.message_id, payload.user_id, score):
-            log.info("feedback %+d recorded", score)
+            self.bot.app.engine.metrics.feedback.labels(str(score)).inc()
 
     @commands.Cog.listener()
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:

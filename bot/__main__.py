@@ -36,16 +36,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# At DEBUG these libraries log what passes through them: message content (aiosqlite's SQL
+# parameters, discord.py's gateway payloads) and interaction tokens (discord.py's request URLs).
+# Content reaches the logs only through LOGGING_LOG_CONTENT, never through the log level.
+_CHATTY = {
+    "aiosqlite": logging.INFO,
+    "discord": logging.INFO,
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+}
+
+
+class _Redact(logging.Filter):
+    """Last line of defence: secrets never leave in a log line, whoever logged them."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if len(s) >= 8]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secrets:
+            message = record.getMessage()
+            if any(s in message for s in self._secrets):
+                for s in self._secrets:
+                    message = message.replace(s, "[redacted]")
+                record.msg, record.args = message, None
+        return True
+
+
 def setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.logging.level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs request URLs at INFO and discord.py's DEBUG logs interaction tokens in URLs.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("discord.http").setLevel(max(logging.INFO, logging.getLogger().level))
-    logging.getLogger("discord.gateway").setLevel(max(logging.INFO, logging.getLogger().level))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    secrets = [s.get_secret_value() for s in (config.discord.token, config.llm.api_key) if s]
+    handler.addFilter(_Redact(secrets))
+    logging.basicConfig(level=config.logging.level, handlers=[handler])
+    for name, floor in _CHATTY.items():
+        logging.getLogger(name).setLevel(max(floor, logging.getLogger().level))
 
 
 async def _export(config: Config, args: argparse.Namespace) -> int:

@@ -83,6 +83,10 @@ class ChatBot(commands.Bot):
     async def on_message(self, message: discord.Message, /) -> None:
         return None  # chat is handled by the Chat cog; there are no prefix commands
 
+    async def on_ready(self) -> None:
+        # May fire again after a re-IDENTIFY: nothing here may be one-time set-up.
+        log.info("ready: connected as %s to %d server(s)", self.user, len(self.guilds))
+
     async def on_app_command_error(
         self, interaction: Interaction, error: app_commands.AppCommandError
     ) -> None:
@@ -133,6 +137,8 @@ class ChatBot(commands.Bot):
         if tasks:
             log.info("waiting up to %.0f s for %d reply(ies) to finish", grace, len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=grace)
+            if chat is not None:
+                chat.pacer.close()  # type: ignore[attr-defined]
             for task in pending:
                 task.cancel(SHUTDOWN)
             if pending:

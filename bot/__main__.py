@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--guild", type=int, help="only this server (instant; global takes ~1 h)")
     backup = commands.add_parser("backup", help="consistent copy of the database, bot running")
     backup.add_argument("path", type=Path)
+    commands.add_parser("healthcheck", help="exit 0 if the bot on this database is alive, else 1")
     return parser
 
 
@@ -150,7 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return EXIT_CONFIG
+        return 1 if args.command == "healthcheck" else EXIT_CONFIG
+    if args.command == "healthcheck":  # before the heavy imports: Docker runs it every 30 s
+        from bot.health import check
+
+        healthy, why = check(config)
+        print(why if healthy else f"unhealthy: {why}")
+        return 0 if healthy else 1
     setup_logging(config)
     from bot.app import AlreadyRunning
     from bot.client import FatalLogin

@@ -6,6 +6,7 @@ the same database checks, the same crash recovery and the same engine.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -18,6 +19,8 @@ from typing import IO
 
 from bot.config import Config
 from bot.engine import Engine
+from bot.health import HEARTBEAT_SECONDS
+from bot.health import lock_path as _lock_path
 from bot.llm import LLMClient, make_http_client
 from bot.metrics import Metrics
 from bot.store import Store
@@ -45,7 +48,7 @@ async def instance_lock(db_path: Path) -> AsyncIterator[None]:
         yield
         return
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = db_path.with_name(db_path.name + ".lock")
+    lock_path = _lock_path(db_path)
     handle: IO[str] = lock_path.open("a+")
     try:
         try:
@@ -61,9 +64,20 @@ async def instance_lock(db_path: Path) -> AsyncIterator[None]:
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
-        yield
+        beat = asyncio.create_task(_heartbeat(lock_path))
+        try:
+            yield
+        finally:
+            beat.cancel()
     finally:
         handle.close()
+
+
+async def _heartbeat(path: Path) -> None:
+    """Touch the lock file from the event loop: ``healthcheck`` reads a hung loop from it."""
+    while True:
+        os.utime(path)
+        await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
 def open_counter(config: Config) -> TokenCounter:

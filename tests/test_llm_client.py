@@ -54,7 +54,8 @@ async def _stream(client, request=None):
 
 
 async def test_streams_text_usage_and_finish_reason(fake, client):
-    fake.push(Script(text="Hello! How can I help you today?"))
+    # paced like a real model: each token arrives on its own and is handed over at once
+    fake.push(Script(text="Hello! How can I help you today?", rate=200))
     completion, seen = await _stream(client)
     assert completion.text == "Hello! How can I help you today?"
     assert "".join(seen) == completion.text and len(seen) > 3
@@ -64,6 +65,12 @@ async def test_streams_text_usage_and_finish_reason(fake, client):
     assert completion.first_token_s is not None and completion.attempts == 1
     body = fake.chat_requests[0].body
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+async def test_text_that_arrives_together_is_handed_over_in_one_piece(fake, client):
+    fake.push(Script(text="Hello! How can I help you today?"))  # one write: one read
+    completion, seen = await _stream(client)
+    assert seen == [completion.text] == ["Hello! How can I help you today?"]
 
 
 async def test_length_finish_is_a_complete_reply(fake, client):

@@ -107,6 +107,7 @@ class FakeVLLM:
         self._site: web.SockSite | None = None
         self._closing = False
         self._stopping = asyncio.Event()
+        self._serving: set[Any] = set()  # transports with a request in flight
         self._slots = asyncio.Semaphore(self.config.max_running or 1)
         self.reset()
 
@@ -147,10 +148,21 @@ class FakeVLLM:
             self._runner = None
 
     async def stop_listening(self) -> None:
-        """Close the listening socket: new connections are refused, open ones carry on."""
+        """Go down as a server does: new connections are refused and idle keep-alive
+        connections are closed (a client cannot slip a request in through one it pooled);
+        requests in flight carry on, and their connections close when they end."""
         if self._site is not None:
             await self._site.stop()
             self._site = None
+        if self._runner is not None and self._runner.server is not None:
+            for handler in self._runner.server.connections:
+                transport = handler.transport
+                if transport is None or transport.get_extra_info("sockname")[1] != self.port:
+                    continue  # the control port stays up
+                if transport in self._serving:
+                    handler.close()  # after the request in flight
+                else:
+                    handler.force_close()
 
     async def resume_listening(self) -> None:
         """Listen again, on the same port."""
@@ -255,7 +267,12 @@ class FakeVLLM:
         )
         self.requests.append(rec)
         request[REC] = rec
-        return await handler(request)  # type: ignore[no-any-return]
+        transport = request.transport
+        self._serving.add(transport)
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            self._serving.discard(transport)
 
     # ---- simple endpoints ----------------------------------------------------------------
 

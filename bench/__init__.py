@@ -1,0 +1,1 @@
+"""Benchmarks of the bot: ``python -m bench`` prints one table and writes bench-report.json."""

@@ -101,6 +101,7 @@ async def open_app(config: Config) -> AsyncIterator[App]:
                 log.warning("marked %d turn(s) left by a crash as interrupted", len(interrupted))
             counter = open_counter(config)
             metrics = Metrics()
+            metrics.watch_tasks(asyncio.get_running_loop())
             if config.metrics.port:
                 metrics.serve(config.metrics.host, config.metrics.port)
             try:

@@ -4,6 +4,7 @@ resources, loads one cog per feature, and shuts down gracefully."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any, TypeAlias
@@ -23,6 +24,8 @@ from bot.streaming import NO_PINGS, WARNING
 log = logging.getLogger(__name__)
 
 Interaction: TypeAlias = discord.Interaction["ChatBot"]
+# Unknown interaction, unknown webhook, invalid webhook token: the interaction is gone.
+EXPIRED_CODES = frozenset({10062, 10015, 50027})
 
 
 class FatalLogin(Exception):
@@ -90,8 +93,22 @@ class ChatBot(commands.Bot):
     async def on_app_command_error(
         self, interaction: Interaction, error: app_commands.AppCommandError
     ) -> None:
+        original = getattr(error, "original", None)
+        if isinstance(original, discord.HTTPException) and original.code in EXPIRED_CODES:
+            # The answer took longer than the interaction lives (15 min): its token is dead, so
+            # any further answer through it fails the same way. Say so once, send nothing.
+            log.warning(
+                "command %s: the interaction expired before its answer was ready; not answered",
+                getattr(interaction.command, "name", "?"),
+            )
+            return
         if isinstance(error, app_commands.CheckFailure):
             text = "You don't have permission to use this command here."
+        elif isinstance(error, app_commands.TransformerError):
+            # e.g. a channel option naming a channel of another server: the user's input
+            name = getattr(interaction.command, "name", "?")
+            log.info("command %s: option value refused (%s)", name, error.type.name)
+            text = "One of the options is not valid here."
         else:
             log.error(
                 "command %s failed", getattr(interaction.command, "name", "?"), exc_info=error
@@ -114,7 +131,7 @@ class ChatBot(commands.Bot):
     async def _annotate_interrupted(self) -> None:
         """Replies a crash cut short get their last saved text and a visible mark."""
         await self.wait_until_ready()
-        for _reply_id, text, parts in self.app.interrupted:
+        for reply_id, text, parts in self.app.interrupted:
             if not parts:
                 continue
             message_id, channel_id = parts[-1]
@@ -128,6 +145,9 @@ class ChatBot(commands.Bot):
                 )
             except discord.HTTPException as exc:
                 log.info("could not mark an interrupted reply (HTTP %s)", exc.status)
+            # Done either way (discord.py already retried what can be retried); until here a
+            # crash leaves the reply on the list for the next start.
+            await self.app.store.reply_marked(reply_id)
 
     async def drain(self, grace: float) -> None:
         """Stop taking turns; let running ones finish for ``grace`` s, then interrupt them."""
@@ -170,6 +190,11 @@ async def run(config: Config) -> int:
     point_at(config.discord)
     async with open_app(config) as app:
         bot = ChatBot(app)
+        # Everything made so far (modules, config, tokenizer, the app) lives as long as the
+        # process: frozen out of the cyclic GC, a full collection stops scanning it, and its
+        # 50-60 ms pauses (the p99 of a reply's first text) drop to a few ms.
+        gc.collect()
+        gc.freeze()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

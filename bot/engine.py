@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ NOTICES = {
     "model_not_found": "The configured model is not available on the model server.",
     "context_too_long": "This conversation no longer fits the model's context. Try /reset.",
     "error": "Something went wrong while generating the reply.",
+    "storage": "Storage error: this reply could not be saved, so I won't remember it.",
 }
 
 
@@ -365,11 +367,13 @@ class Engine:
             context_start_id=context.start_id(plan),
             context_turns=len(context.turns) - plan.start,
         )
-        await self.store.finish_turn(user_message_id, reply_id, record)
+        stored = await self._store_outcome(user_message_id, reply_id, record)
         if self._config.logging.log_content:  # an admin's explicit debug switch
             log.info("turn %d: %r -> %r", user_message_id, context.incoming.text, completion.text)
         notice = None
-        if completion.finish_reason == "length":
+        if not stored:
+            notice = NOTICES["storage"]
+        elif completion.finish_reason == "length":
             notice = "The reply reached its length limit."
         elif not completion.text.strip():
             notice = "The model returned an empty reply."
@@ -403,8 +407,27 @@ class Engine:
         while True:
             await asyncio.sleep(CHECKPOINT_SECONDS)
             if len(pieces) != saved:
+                try:
+                    await self.store.checkpoint_reply(reply_id, "".join(pieces))
+                except sqlite3.Error as exc:  # full disk: the reply streams on regardless
+                    log.warning("turn checkpoint not saved: %s", type(exc).__name__)
+                    continue
                 saved = len(pieces)
-                await self.store.checkpoint_reply(reply_id, "".join(pieces))
+
+    async def _store_outcome(
+        self, user_message_id: int, reply_id: int | None, record: ReplyRecord
+    ) -> bool:
+        """Store a turn's outcome; False when the database refuses it (full disk, I/O error).
+
+        The user has already seen the reply, so they get it with a note rather than an error
+        in its place; the turn stays pending until the next start marks it interrupted.
+        """
+        try:
+            await self.store.finish_turn(user_message_id, reply_id, record)
+        except sqlite3.Error as exc:
+            log.error("turn %s: outcome not stored: %s", user_message_id, type(exc).__name__)
+            return False
+        return True
 
     async def _fail(
         self,
@@ -425,13 +448,14 @@ class Engine:
         record = ReplyRecord(
             status, text, self.counter.count(text), error=exc.kind, latency_ms=_ms(latency)
         )
-        await self.store.finish_turn(user_message_id, reply_id, record)
+        stored = await self._store_outcome(user_message_id, reply_id, record)
         if exc.kind == "model_not_found":
             self.model = None  # the admin may have changed the served model: look again
+        notice = NOTICES.get(exc.kind, NOTICES["error"])
         outcome = Outcome(
             status,
             text,
-            NOTICES.get(exc.kind, NOTICES["error"]),
+            notice if stored else f"{notice} {NOTICES['storage']}",
             reply_id=reply_id,
             user_message_id=user_message_id,
         )

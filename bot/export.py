@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from bot.models import ExportFilter, to_iso, utcnow
 
 SCHEMA_VERSION = 1
 FORMULA_START = ("=", "+", "-", "@", "|", "%")
-_INVISIBLE = " \u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u200b\ufeff"
+_BLANKS = re.compile(r"^[\s\u200b\u200c\u200d\u2060\ufeff\u180e]+")  # \s: any Unicode space
 
 CSV_FIELDS = [
     "reply_id", "reply_at", "guild_id", "channel_id", "place", "model", "system_prompt",
@@ -86,14 +87,20 @@ def _id(value: int | None) -> str | None:
 
 
 def neutralise(text: str) -> str:
-    """Make a CSV cell inert in spreadsheets: no line may start with a formula character."""
-    text = text.replace("\0", "")
-    lines = text.split("\n")
+    """Make a CSV cell inert in spreadsheets: no line may start with a formula character.
+
+    A lone CR breaks lines in spreadsheets as LF does, and the blanks before a formula
+    character are any Unicode space or zero-width character."""
+    lines = text.replace("\0", "").split("\n")
     for i, line in enumerate(lines):
-        bare = line.lstrip(_INVISIBLE)
-        if bare.startswith(FORMULA_START) or line.startswith(("\t", "\r")):
-            lines[i] = "'" + line
+        head, *rest = line.split("\r")
+        lines[i] = _defuse("\r".join([head, *map(_defuse, rest)]))
     return "\n".join(lines)
+
+
+def _defuse(line: str) -> str:
+    bare = _BLANKS.sub("", line)
+    return "'" + line if bare.startswith(FORMULA_START) or line.startswith(("\t", "\r")) else line
 
 
 def csv_row(rec: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ used: scrapes never touch the event loop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
@@ -39,16 +40,33 @@ class Metrics:
         )
         self.feedback = Counter("bot_feedback", "Reaction scores recorded", ["score"], registry=r)
         self.queue = Gauge("bot_queue", "Turns generating or waiting", ["state"], registry=r)
+        self.tasks = Gauge(
+            "bot_event_loop_tasks", "asyncio tasks alive in the event loop (sampled)", registry=r
+        )
         self._server: WSGIServer | None = None
+        self._sampler: asyncio.TimerHandle | None = None
 
     def watch_queue(self, running: Callable[[], int], waiting: Callable[[], int]) -> None:
         self.queue.labels("running").set_function(running)
         self.queue.labels("waiting").set_function(waiting)
 
+    def watch_tasks(self, loop: asyncio.AbstractEventLoop, every: float = 1.0) -> None:
+        """Count the loop's tasks each ``every`` s, from inside the loop: a timer, not a task,
+        so it does not count itself, and scrapes (another thread) only read the last count."""
+
+        def sample() -> None:
+            self.tasks.set(len(asyncio.all_tasks(loop)))
+            self._sampler = loop.call_later(every, sample)
+
+        sample()
+
     def serve(self, host: str, port: int) -> None:
         self._server, _ = start_http_server(port, addr=host, registry=self.registry)
 
     def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -40,6 +40,12 @@ def from_iso(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: a lone surrogate (which SQLite and UTF-8 refuse) becomes
+    '?'. Applied to text that arrives from Discord before it is stored or echoed."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
     """Where a conversation lives (a DM, channel, thread or console name) and whose it is.

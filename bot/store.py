@@ -8,7 +8,8 @@ aiosqlite's thread; operations that touch several rows wrap them in BEGIN IMMEDI
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -33,19 +34,27 @@ from bot.models import (
     utcnow,
 )
 
+_Params = Sequence[Any] | Mapping[str, Any]
+
 
 class _Serialised:
     """The connection, one operation at a time.
 
     All tasks share one connection, so without this a statement from one task could run inside
     another task's BEGIN … COMMIT (and be rolled back with it), or a second BEGIN would fail.
+
+    The writes of a turn go through :meth:`write`, which commits together the writes that queue
+    up while the connection is busy (group commit): at ``synchronous=FULL`` every commit waits
+    for an fsync, so twenty writers at once would otherwise each wait for up to twenty fsyncs.
     """
 
     def __init__(self, db: aiosqlite.Connection, lock: asyncio.Lock) -> None:
         self._raw = db
         self._lock = lock
+        self._queued: list[tuple[str, _Params, asyncio.Future[list[Any]]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Cursor:
+    async def execute(self, sql: str, params: _Params = ()) -> aiosqlite.Cursor:
         async with self._lock:
             return await self._raw.execute(sql, params)
 
@@ -53,11 +62,75 @@ class _Serialised:
         async with self._lock:
             return await self._raw.execute_fetchall(sql, params)
 
+    async def write(self, sql: str, params: _Params = ()) -> list[Any]:
+        """Run one writing statement; its rows (RETURNING) once it is committed.
+
+        Like an autocommit statement it is durable when this returns, and it runs even if the
+        caller is cancelled meanwhile. Writes queued while a commit is in progress are
+        committed together in one transaction; if any of them fails, that transaction is
+        rolled back and each is run on its own, so only the failing one raises.
+        """
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queued.append((sql, params, done))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_queued())
+        return await done
+
+    async def _commit_queued(self) -> None:
+        batch: list[tuple[str, _Params, asyncio.Future[list[Any]]]] = []
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                async with self._lock:
+                    results = await self._run(batch)
+                for (_, _, done), result in zip(batch, results, strict=True):
+                    if done.done():  # the caller was cancelled; the write stands regardless
+                        continue
+                    if isinstance(result, BaseException):
+                        done.set_exception(result)
+                    else:
+                        done.set_result(result)
+                batch = []
+        except BaseException as exc:  # the connection failed, or shutdown: nobody may wait forever
+            for _, _, done in batch + self._queued:
+                if done.done():
+                    continue
+                if isinstance(exc, Exception):
+                    done.set_exception(exc)
+                else:
+                    done.cancel()
+            self._queued = []
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._committer = None
+
+    async def _run(self, batch: list[tuple[str, _Params, Any]]) -> list[Any]:
+        db = self._raw
+        if len(batch) > 1:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                results = [list(await db.execute_fetchall(sql, p)) for sql, p, _ in batch]
+                await db.execute("COMMIT")
+                return results
+            except sqlite3.Error:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+        out: list[Any] = []
+        for sql, params, _ in batch:
+            try:
+                out.append(list(await db.execute_fetchall(sql, params)))
+            except sqlite3.Error as exc:
+                out.append(exc)
+        return out
+
     async def backup(self, target: aiosqlite.Connection) -> None:
         async with self._lock:
             await self._raw.backup(target)
 
     async def close(self) -> None:
+        if self._committer is not None:
+            await asyncio.wait([self._committer])
         async with self._lock:
             await self._raw.close()
 
@@ -107,6 +180,10 @@ class Store:
         rows = list(await self._db.execute_fetchall(sql, params))
         return tuple(rows[0]) if rows else None
 
+    async def _write_one(self, sql: str, params: _Params = ()) -> tuple[Any, ...] | None:
+        rows = await self._db.write(sql, params)
+        return tuple(rows[0]) if rows else None
+
     # -- sessions ---------------------------------------------------------------------------
 
     async def current_session(self, scope: Scope) -> Session:
@@ -154,7 +231,7 @@ class Store:
         self, session_id: int, incoming: Incoming, tokens: int, status: Status = Status.PENDING
     ) -> int | None:
         """Store a user's message; None if this Discord message was already stored (a replay)."""
-        row = await self._one(
+        row = await self._write_one(
             "INSERT INTO messages (session_id, role, status, content, tokens, created_at,"
             " author_id, author_name, discord_message_id) VALUES (?, 'user', ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (discord_message_id) DO NOTHING RETURNING id",
@@ -197,7 +274,7 @@ class Store:
     ) -> int:
         """Create the reply row (pending) before the first token, so parts and reactions can
         point at it while it streams and a crash leaves a trace to mark interrupted."""
-        row = await self._one(
+        row = await self._write_one(
             "INSERT INTO messages (session_id, role, status, content, tokens, created_at, reply_to,"
             " model, system_prompt_id, temperature, top_p, max_tokens)"
             " VALUES (?, 'assistant', 'pending', '', 0, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -217,43 +294,47 @@ class Store:
 
     async def checkpoint_reply(self, reply_id: int, text: str) -> None:
         """Save the text streamed so far, so a crash loses at most one checkpoint interval."""
-        await self._db.execute(
+        await self._db.write(
             "UPDATE messages SET content = ? WHERE id = ? AND status = 'pending'", (text, reply_id)
         )
+
+    # The reply's own columns; the user's message takes only status, updated_at and error.
+    _REPLY_COLUMNS = (
+        ("content", "text"),
+        ("tokens", "tokens"),
+        ("finish_reason", "finish_reason"),
+        ("prompt_tokens", "prompt_tokens"),
+        ("completion_tokens", "completion_tokens"),
+        ("cached_tokens", "cached_tokens"),
+        ("first_token_ms", "first_token_ms"),
+        ("latency_ms", "latency_ms"),
+        ("context_start_id", "context_start_id"),
+        ("context_turns", "context_turns"),
+    )
+    _FINISH_TURN = (
+        "UPDATE messages SET status = :status, updated_at = :now, error = :error, "
+        + ", ".join(f"{c} = CASE id WHEN :reply THEN :{c} ELSE {c} END" for c, _ in _REPLY_COLUMNS)
+        + " WHERE id IN (:user, :reply)"
+    )
 
     async def finish_turn(
         self, user_message_id: int, reply_id: int | None, record: ReplyRecord
     ) -> None:
-        """Store the reply's outcome and give the user's message the same terminal status."""
-        now = to_iso(utcnow())
-        async with self._transaction() as db:
-            if reply_id is not None:
-                await db.execute(
-                    "UPDATE messages SET status = ?, content = ?, tokens = ?, updated_at = ?,"
-                    " finish_reason = ?, error = ?, prompt_tokens = ?, completion_tokens = ?,"
-                    " cached_tokens = ?, first_token_ms = ?, latency_ms = ?,"
-                    " context_start_id = ?, context_turns = ? WHERE id = ?",
-                    (
-                        record.status,
-                        record.text,
-                        record.tokens,
-                        now,
-                        record.finish_reason,
-                        record.error,
-                        record.prompt_tokens,
-                        record.completion_tokens,
-                        record.cached_tokens,
-                        record.first_token_ms,
-                        record.latency_ms,
-                        record.context_start_id,
-                        record.context_turns,
-                        reply_id,
-                    ),
-                )
-            await db.execute(
-                "UPDATE messages SET status = ?, updated_at = ?, error = ? WHERE id = ?",
-                (record.status, now, record.error, user_message_id),
-            )
+        """Store the reply's outcome and give the user's message the same terminal status.
+
+        One statement updates both rows, so it commits atomically on its own: one round trip
+        to the database thread instead of four (BEGIN, two UPDATEs, COMMIT) on every turn.
+        """
+        params: dict[str, Any] = {
+            "status": record.status,
+            "now": to_iso(utcnow()),
+            "error": record.error,
+            "user": user_message_id,
+            "reply": reply_id,  # None: only the user's message (no reply row was started)
+        }
+        for column, attribute in self._REPLY_COLUMNS:
+            params[column] = getattr(record, attribute)
+        await self._db.write(self._FINISH_TURN, params)
 
     async def load_context(self, session_id: int, start_id: int) -> list[Turn]:
         """The answered turns of a session from ``start_id`` on, oldest first.
@@ -288,11 +369,19 @@ class Store:
         """Mark turns a crash left pending as interrupted.
 
         Returns each interrupted reply's id, its last checkpointed text and its Discord parts
-        (message id, channel id), so the edge can annotate what users saw.
+        (message id, channel id), so the edge can annotate what users saw. Replies stay on
+        that list (``meta`` key ``unmarked_replies``) until :meth:`reply_marked` says their
+        annotation went out, so a second crash before it did does not lose it.
         """
         async with self._transaction() as db:
+            rows = list(
+                await db.execute_fetchall("SELECT value FROM meta WHERE key = 'unmarked_replies'")
+            )
+            earlier = {int(i) for i in rows[0][0].split(",") if i} if rows else set()
             replies = await db.execute_fetchall(
-                "SELECT id, content FROM messages WHERE status = 'pending' AND role = 'assistant'"
+                "SELECT id, content FROM messages WHERE role = 'assistant'"
+                f" AND (status = 'pending' OR id IN ({','.join(map(str, earlier)) or 'NULL'}))"
+                " ORDER BY id"
             )
             found: list[tuple[int, str, list[tuple[int, int | None]]]] = []
             for reply_id, text in replies:
@@ -307,12 +396,29 @@ class Store:
                 " error = COALESCE(error, 'process stopped') WHERE status = 'pending'",
                 (to_iso(utcnow()),),
             )
+            unmarked = ",".join(str(reply_id) for reply_id, _, parts in found if parts)
+            await db.execute(
+                "INSERT INTO meta (key, value) VALUES ('unmarked_replies', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (unmarked,),
+            )
         return found
+
+    async def reply_marked(self, reply_id: int) -> None:
+        """The edge showed the mark of a reply :meth:`recover_pending` returned."""
+        async with self._transaction() as db:
+            rows = list(
+                await db.execute_fetchall("SELECT value FROM meta WHERE key = 'unmarked_replies'")
+            )
+            left = [i for i in (rows[0][0].split(",") if rows else []) if i and int(i) != reply_id]
+            await db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'unmarked_replies'", (",".join(left),)
+            )
 
     async def add_reply_part(
         self, reply_id: int, discord_message_id: int, channel_id: int | None, part: int
     ) -> None:
-        await self._db.execute(
+        await self._db.write(
             "INSERT OR REPLACE INTO reply_parts (discord_message_id, message_id, channel_id, part)"
             " VALUES (?, ?, ?, ?)",
             (discord_message_id, reply_id, channel_id, part),
@@ -470,7 +576,9 @@ class Store:
         elif guild_id is not None:
             where, params = "s.guild_id = ?", [guild_id]
         deleted = 0
+        used = "SELECT DISTINCT system_prompt_id FROM messages WHERE system_prompt_id IS NOT NULL"
         async with self._transaction() as db:
+            prompts_before = {row[0] for row in await db.execute_fetchall(used)}
             for sql in (
                 # their feedback on replies in scope
                 "DELETE FROM feedback WHERE user_id = ? AND message_id IN (SELECT m.id FROM"
@@ -492,6 +600,14 @@ class Store:
                 ):
                     cursor = await db.execute(sql, (user_id,))
                     deleted += max(cursor.rowcount, 0)
+            # Personas only their replies used (their own, which may say anything about them)
+            # would otherwise outlive the replies.
+            orphaned = prompts_before - {row[0] for row in await db.execute_fetchall(used)}
+            for prompt_id in orphaned:
+                cursor = await db.execute("DELETE FROM system_prompts WHERE id = ?", (prompt_id,))
+                deleted += max(cursor.rowcount, 0)
+        if orphaned:
+            self._prompt_ids.clear()
         # Copies of the deleted pages may still sit in the write-ahead log.
         await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted

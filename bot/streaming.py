@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 CHANNEL_WRITES = 4
 CHANNEL_WINDOW = 5.0
 TYPING_REFRESH = 8.0  # Discord shows typing for ~10 s per request
+FINAL_RETRIES = 3  # deliveries of a final text after discord.py gave up on a 429 or 5xx
+FINAL_BACKOFF = 1.0  # seconds, times the attempt number
 WARNING = "\N{WARNING SIGN}\N{VARIATION SELECTOR-16}"
 
 NO_PINGS = discord.AllowedMentions.none()
@@ -35,29 +37,59 @@ AUTHOR_ONLY = discord.AllowedMentions(everyone=False, users=False, roles=False, 
 
 
 class ChannelPacer:
-    """A sliding-window limit on writes per channel, shared by every reply in it."""
+    """A sliding-window limit on writes per channel, shared by every reply in it.
+
+    Final texts go first: while one waits, no intermediate edit in that channel takes a slot,
+    so a finished reply is not left showing partial text behind other replies' progress.
+    """
 
     def __init__(self, writes: int = CHANNEL_WRITES, window: float = CHANNEL_WINDOW) -> None:
         self._writes = writes
         self._window = window
         self._recent: dict[int, collections.deque[float]] = {}
+        self._finals: collections.Counter[int] = collections.Counter()  # waiting, per channel
+        self._changed: dict[int, asyncio.Event] = {}
         # While the bot shuts down, final edits go out at once (discord.py still handles 429s).
         self._closing = asyncio.Event()
 
     def close(self) -> None:
         self._closing.set()
+        for event in self._changed.values():
+            event.set()
 
-    async def wait(self, channel_id: int) -> None:
+    def wake(self, channel_id: int) -> None:
+        """Make the channel's waiters look again (a reply's text just became final)."""
+        changed = self._changed.pop(channel_id, None)
+        if changed is not None:
+            changed.set()
+
+    async def wait(self, channel_id: int, final: Callable[[], bool] = lambda: False) -> None:
+        """Take a write slot in the channel; ``final()`` says whether the write is a final
+        text (asked again whenever the waiter wakes)."""
         recent = self._recent.setdefault(channel_id, collections.deque())
-        while not self._closing.is_set():
-            now = time.monotonic()
-            while recent and now - recent[0] >= self._window:
-                recent.popleft()
-            if len(recent) < self._writes:
-                recent.append(now)
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self._window - (now - recent[0]))
+        counted = False
+        try:
+            while not self._closing.is_set():
+                if not counted and final():
+                    self._finals[channel_id] += 1
+                    counted = True
+                now = time.monotonic()
+                while recent and now - recent[0] >= self._window:
+                    recent.popleft()
+                if len(recent) < self._writes and (counted or not self._finals[channel_id]):
+                    recent.append(now)
+                    return
+                # Woken when a slot frees up, or when a final text took its slot.
+                timeout = self._window - (now - recent[0]) if recent else self._window
+                changed = self._changed.setdefault(channel_id, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout)
+        finally:
+            if counted:
+                self._finals[channel_id] -= 1
+                if not self._finals[channel_id]:
+                    del self._finals[channel_id]
+                self.wake(channel_id)
 
     def forget_idle(self) -> None:
         now = time.monotonic()
@@ -115,6 +147,8 @@ class DiscordReply:
         self._pump: asyncio.Task[None] | None = None
         self._typing: asyncio.Task[None] | None = None
         self._reply_id: int | None = None
+        self._last_write = float("-inf")  # monotonic: when the last write was sent
+        self._writing_final = False
         self.footer: str | None = None  # a small note under the final reply
         self.first_text_at: float | None = None  # monotonic: first model text received
         self.first_visible_at: float | None = None  # monotonic: first text sent to Discord
@@ -145,6 +179,7 @@ class DiscordReply:
         final = render_final(outcome) or f"{WARNING} The model returned an empty reply."
         self._final = f"{final}\n-# {self.footer}" if self.footer else final
         self._dirty.set()
+        self._pacer.wake(self.channel_id)  # a write already waiting now carries the final text
         if self._pump is None:
             self._pump = asyncio.create_task(self._run())
         try:
@@ -170,37 +205,71 @@ class DiscordReply:
                 await asyncio.sleep(TYPING_REFRESH)
 
     async def _run(self) -> None:
-        last_write = float("-inf")
+        failures = 0
         while True:
             await self._dirty.wait()
-            wait = last_write + self._interval - time.monotonic()
+            wait = self._last_write + self._interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             self._dirty.clear()
-            final = self._final
-            text = final if final is not None else "".join(self._pieces)
-            last_write = time.monotonic()
             try:
-                await self._deliver(text)
-            except discord.HTTPException as exc:
-                # discord.py already retried 429s and 5xx; a final that cannot land is logged.
-                log.warning("could not update a reply (HTTP %s, code %s)", exc.status, exc.code)
-                if final is not None:
+                if await self._deliver():
                     return
-            if final is not None:
-                return
+            except discord.HTTPException as exc:
+                # discord.py already retried 429s and 5xx five times. A final text is worth a
+                # few more tries (a nonce keeps a resent message single); then it is logged.
+                log.warning("could not update a reply (HTTP %s, code %s)", exc.status, exc.code)
+                if self._writing_final:
+                    if not (exc.status == 429 or exc.status >= 500) or failures >= FINAL_RETRIES:
+                        return
+                    failures += 1
+                    self._dirty.set()
+                    await asyncio.sleep(FINAL_BACKOFF * failures)
 
-    async def _deliver(self, text: str) -> None:
-        for index, content in enumerate(split_reply(text)):
+    def _newest(self) -> tuple[list[str], bool]:
+        final = self._final
+        return split_reply(final if final is not None else "".join(self._pieces)), final is not None
+
+    def _first_change(self, parts: list[str], start: int = 0) -> int | None:
+        """The first part from ``start`` not yet shown as it is now (parts go out in order)."""
+        return next(
+            (
+                i
+                for i in range(start, len(parts))
+                if i >= len(self._sent) or self._sent[i] != parts[i]
+            ),
+            None,
+        )
+
+    async def _deliver(self) -> bool:
+        """Bring the reply's messages up to its newest text; True once the final text is in.
+
+        Each write first waits for the channel's pacer and then sends the text as it is at that
+        moment: never stale text, and a final text that arrived meanwhile goes out at once.
+        One delivery writes each changed part once, in order (an edit of the last part, then
+        any new parts); the pump waits the edit interval before the next delivery.
+        """
+        start = 0
+        while True:
+            parts, final = self._newest()
+            if self._first_change(parts, start) is None:
+                return final and self._first_change(parts) is None
+            await self._pacer.wait(self.channel_id, lambda: self._final is not None)
+            parts, final = self._newest()
+            index = self._first_change(parts, start)
+            if index is None:
+                return final and self._first_change(parts) is None
+            start = index + 1
+            content = parts[index]
+            self._writing_final = final
+            # The interval runs from the write itself, not from before the pacer's wait.
+            self._last_write = time.monotonic()
             if index < len(self._parts):
-                if self._sent[index] != content:
-                    await self._pacer.wait(self.channel_id)
-                    await self._parts[index].edit(
-                        content=content, allowed_mentions=NO_PINGS, suppress=True
-                    )
-                    self._sent[index] = content
+                await self._parts[index].edit(
+                    content=content, allowed_mentions=NO_PINGS, suppress=True
+                )
+                self._sent[index] = content
                 continue
-            await self._pacer.wait(self.channel_id)
             message = await self._send(content, index)
             if self.first_visible_at is None:
                 self.first_visible_at = time.monotonic()

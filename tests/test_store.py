@@ -177,6 +177,9 @@ async def test_pending_turns_left_by_a_crash_become_interrupted(tmp_path):
     assert statuses == [(Role.USER, Status.INTERRUPTED), (Role.ASSISTANT, Status.INTERRUPTED)]
     # an interrupted reply with text is still context: the user saw it
     assert [t.reply_text for t in await s.load_context(session.id, 0)] == ["half an ans"]
+    # until the edge says it marked the reply on Discord, another crash must not lose it
+    assert await s.recover_pending() == recovered
+    await s.reply_marked(reply_id)
     assert await s.recover_pending() == []
     await s.close()
 

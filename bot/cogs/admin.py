@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import secrets
@@ -16,7 +17,7 @@ from discord.ext import commands
 from bot import export
 from bot.client import Interaction, reply_ephemeral
 from bot.config import Config
-from bot.models import ExportFilter, utcnow
+from bot.models import ExportFilter, utcnow, valid_text
 from bot.store import Store
 from bot.streaming import NO_PINGS
 
@@ -40,7 +41,10 @@ def parse_when(text: str | None) -> datetime | None:
     text = text.strip()
     units = {"d": "days", "h": "hours", "w": "weeks"}
     if text[-1:].lower() in units and text[:-1].isdigit():
-        return utcnow() - timedelta(**{units[text[-1].lower()]: int(text[:-1])})
+        try:
+            return utcnow() - timedelta(**{units[text[-1].lower()]: int(text[:-1])})
+        except OverflowError:  # '99999999999d': before year 1
+            raise ValueError(f"{text[:40]!r} reaches too far back") from None
     moment = datetime.fromisoformat(text)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -126,7 +130,7 @@ class Admin(commands.Cog):
                 since=parse_when(since),
                 until=parse_when(until),
                 channel_id=channel.id if channel else None,
-                model=model,
+                model=valid_text(model) if model is not None else None,
                 score=None if score == "all" else score,
             )
         except ValueError:
@@ -138,7 +142,8 @@ class Admin(commands.Cog):
         name = export.filename(where, format)
         limit = interaction.filesize_limit
         if len(body) > limit:
-            body, name = gzip.compress(body), name + ".gz"
+            # tens of MB: compressing on the event loop would stall the gateway heartbeat
+            body, name = await asyncio.to_thread(gzip.compress, body), name + ".gz"
         if len(body) > limit:
             await interaction.followup.send(
                 f"The export is {len(body) // 1_000_000} MB, over Discord's upload limit. Narrow "
@@ -171,4 +176,5 @@ async def build_export(path: Path, where: ExportFilter, fmt: str, key: bytes) ->
         count = await export.write(export.records(reader.export_replies(where), key), out, fmt)
     finally:
         await reader.close()
-    return out.getvalue().encode(), count
+    # off the event loop too: encoding tens of MB takes tens of ms
+    return await asyncio.to_thread(lambda: out.getvalue().encode()), count

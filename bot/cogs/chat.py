@@ -15,7 +15,7 @@ import httpx
 from discord.ext import commands
 
 from bot.admission import Busy, RateLimiter
-from bot.models import ChannelSettings, Incoming, Kind, Scope
+from bot.models import ChannelSettings, Incoming, Kind, Scope, valid_text
 from bot.settings import resolve
 from bot.streaming import NO_PINGS, ChannelPacer, DiscordReply
 
@@ -185,6 +185,7 @@ class Chat(commands.Cog):
     # -- answering --------------------------------------------------------------------------
 
     def _strip_mention(self, content: str) -> str:
+        content = valid_text(content)
         me = self.bot.user
         if me is None:
             return content.strip()
@@ -203,8 +204,13 @@ class Chat(commands.Cog):
             show_typing=config.discord.typing,
         )
         try:
-            text, skipped = await self._read(message)
-            refusal = await self._refusal(message, route, text)
+            # Downloads cost bandwidth and memory: a message that the rate limit or the
+            # one-turn rule refuses is refused before its attachments are fetched.
+            downloads = bool(message.attachments)
+            refusal = await self._admission(message, route) if downloads else None
+            if refusal is None:
+                text, skipped = await self._read(message)
+                refusal = await self._refusal(message, route, text, admitted=downloads)
             if refusal:
                 reason, notice = refusal
                 self.app.engine.metrics.refusals.labels(reason).inc()
@@ -218,7 +224,7 @@ class Chat(commands.Cog):
                 scope=route.scope,
                 text=text,
                 author_id=message.author.id,
-                author_name=message.author.display_name,
+                author_name=valid_text(message.author.display_name),
                 discord_message_id=message.id,
                 created_at=message.created_at,
             )
@@ -248,9 +254,10 @@ class Chat(commands.Cog):
             sink.stop_typing()
 
     async def _refusal(
-        self, message: discord.Message, route: Route, text: str
+        self, message: discord.Message, route: Route, text: str, *, admitted: bool = False
     ) -> tuple[str, str] | None:
-        """(reason, a short and polite note) for not answering, or None."""
+        """(reason, a short and polite note) for not answering, or None. ``admitted``: the
+        rate limit and the one-turn rule were already checked (:meth:`_admission`)."""
         limits = self.app.config.limits
         if not text:
             return "empty", "Ask me something after the mention."
@@ -259,6 +266,10 @@ class Chat(commands.Cog):
                 f"That message is {len(text)} characters; I can read up to "
                 f"{limits.max_message_chars}. Please shorten it or split it up."
             )
+        return None if admitted else await self._admission(message, route)
+
+    async def _admission(self, message: discord.Message, route: Route) -> tuple[str, str] | None:
+        """The per-user rate limit and the one-turn-at-a-time rule."""
         wait = self.limiter.allow(message.author.id)
         if wait:
             return "rate_limited", (
@@ -292,7 +303,10 @@ class Chat(commands.Cog):
             log.info("could not send a notice (HTTP %s)", exc.status)
 
     async def _record_part(self, reply_id: int, part: discord.Message, index: int) -> None:
-        await self.app.store.add_reply_part(reply_id, part.id, part.channel.id, index)
+        try:
+            await self.app.store.add_reply_part(reply_id, part.id, part.channel.id, index)
+        except sqlite3.Error as exc:  # full disk: the reply is still delivered, unscorable
+            log.warning("reply part not stored: %s", type(exc).__name__)
 
     async def _read(self, message: discord.Message) -> tuple[str, str | None]:
         """The message's text with readable text attachments appended, and a note on the

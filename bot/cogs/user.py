@@ -6,21 +6,28 @@ Every answer is ephemeral. Permission checks happen here, in the handler: Discor
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-from typing import TYPE_CHECKING, Literal
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.client import Interaction, reply_ephemeral
-from bot.models import Kind, Scope
+from bot.models import Kind, Scope, valid_text
 from bot.settings import SPECS, SettingError, describe, parse, resolve
 from bot.streaming import NO_PINGS
 
 if TYPE_CHECKING:
     from bot.client import ChatBot
+
+log = logging.getLogger(__name__)
+
+ACK_WITHIN = 1.5  # seconds: answer by then, or acknowledge and answer in a follow-up
 
 HELP = """**How to talk to me**
 • Mention me, reply to one of my messages, or DM me. In threads I open, just talk.
@@ -33,6 +40,21 @@ the channel if you can manage it), sharing, auto-threads, reply-to-everything
 • `/forget` — delete your messages and feedback, here, in this server or everywhere
 • `/mydata` — download everything I store about you
 • `/status`, `/export` — for server admins"""
+
+
+async def answer_in_time(interaction: Interaction, work: Awaitable[str]) -> None:
+    """Answer privately with the text ``work`` returns. Database work is usually instant but
+    can be slow (a busy disk, a lock held elsewhere): if the text is not ready within
+    ``ACK_WITHIN`` s, acknowledge first ("thinking…") and send it as a follow-up, since Discord
+    drops an interaction that is not acknowledged within 3 s."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=ACK_WITHIN)
+    if not done:
+        try:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        except discord.HTTPException as exc:
+            log.warning("could not acknowledge an interaction (HTTP %s)", exc.status)
+    await reply_ephemeral(interaction, await task)
 
 
 def place_of(interaction: Interaction) -> tuple[Kind, int, int | None]:
@@ -89,6 +111,9 @@ class UserCommands(commands.Cog):
 
     @settings.command(name="show", description="Show the settings I use for you here")
     async def settings_show(self, interaction: Interaction) -> None:
+        await answer_in_time(interaction, self._show(interaction))
+
+    async def _show(self, interaction: Interaction) -> str:
         _, settings_channel, shared = await self._scope(interaction)
         store = self.app.store
         channel = await store.channel_settings(settings_channel) if settings_channel else None
@@ -97,8 +122,7 @@ class UserCommands(commands.Cog):
         channel = channel or ChannelSettings()
         user = await store.user_settings(interaction.user.id)
         effective = resolve(self.app.config, channel, user, shared=shared)
-        lines = describe(effective, channel, shared=shared)
-        await reply_ephemeral(interaction, "\n".join(lines))
+        return "\n".join(describe(effective, channel, shared=shared))
 
     @settings.command(name="set", description="Change a setting for you or for this channel")
     @app_commands.describe(
@@ -115,56 +139,58 @@ class UserCommands(commands.Cog):
         value: app_commands.Range[str, 1, 4000],
     ) -> None:
         # discord.py passes out-of-range and forged values straight through: check them all.
+        name, text = valid_text(name), valid_text(str(value))
         if target not in ("me", "channel"):
             await reply_ephemeral(interaction, "Target must be 'me' or 'channel'.")
             return
         try:
-            parsed = parse(name, str(value))
+            parsed = parse(name, text)
         except SettingError as exc:
             await reply_ephemeral(interaction, str(exc))
             return
+        await answer_in_time(interaction, self._set(interaction, target, name, text, parsed))
+
+    async def _set(
+        self, interaction: Interaction, target: str, name: str, value: str, parsed: Any
+    ) -> str:
         spec = SPECS[name]
         _, settings_channel, _ = await self._scope(interaction)
         if target == "me":
             if spec.channel_only:
-                await reply_ephemeral(interaction, f"'{name}' can only be set for a channel.")
-                return
+                return f"'{name}' can only be set for a channel."
             await self.app.store.set_user_setting(interaction.user.id, spec.field, parsed)
             where = "for you"
         else:
             if settings_channel is None:
-                await reply_ephemeral(interaction, "Channel settings only exist in servers.")
-                return
+                return "Channel settings only exist in servers."
             if not can_manage_channel(interaction):
-                await reply_ephemeral(
-                    interaction,
+                return (
                     "Changing a channel's settings needs the Manage Channels "
-                    "permission. You can still change your own with target 'me'.",
+                    "permission. You can still change your own with target 'me'."
                 )
-                return
             await self.app.store.set_channel_setting(
                 settings_channel, interaction.guild_id, spec.field, parsed, interaction.user.id
             )
             where = "for this channel"
-        shown = "the default" if parsed is None else f"`{str(value).strip()[:100]}`"
-        await reply_ephemeral(interaction, f"**{name}** set to {shown} {where}.")
+        shown = "the default" if parsed is None else f"`{value.strip()[:100]}`"
+        return f"**{name}** set to {shown} {where}."
 
     @app_commands.command(name="reset", description="Start a new conversation here")
     async def reset(self, interaction: Interaction) -> None:
+        await answer_in_time(interaction, self._reset(interaction))
+
+    async def _reset(self, interaction: Interaction) -> str:
         scope, _, shared = await self._scope(interaction)
         if shared and not can_manage_channel(interaction):
-            await reply_ephemeral(
-                interaction,
+            return (
                 "This channel shares one conversation; resetting "
-                "it needs the Manage Channels permission.",
+                "it needs the Manage Channels permission."
             )
-            return
         changed = await self.app.store.reset_session(scope)
-        await reply_ephemeral(
-            interaction,
+        return (
             "Started a new conversation: I won't use the earlier messages any more."
             if changed
-            else "There was no conversation to reset here.",
+            else "There was no conversation to reset here."
         )
 
     @app_commands.command(name="forget", description="Delete your messages and feedback")

@@ -64,7 +64,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     path.write_text(json.dumps(report, indent=2, default=str))
     lines = [f"reliability report: {path}"]
     for key, value in report["figures"].items():
-        shown = {k: v for k, v in value.items() if k not in ("test",)} if isinstance(
-            value, dict) else value
+        shown = (
+            {k: v for k, v in value.items() if k not in ("test",)}
+            if isinstance(value, dict)
+            else value
+        )
         lines.append(f"  {key:>4}  {json.dumps(shown, default=str)[:200]}")
     print("\n" + "\n".join(lines))

@@ -483,6 +483,11 @@ class LLMClient:
 class SSEDecoder:
     """Server-sent events, reduced to what vLLM sends: the ``data`` of each complete event.
 
+    Written here instead of using httpx-sse: that library decodes line by line through httpx's
+    text iterators and yields one event at a time, while the bot's hot path wants the events
+    of one network read together (bench/ figure 1: parsing a 100-event reply went from 572 µs
+    to 196 µs). What vLLM sends is the ``data:`` field only, so the subset is small.
+
     Fed raw bytes as they arrive; returns the events completed by them. Comments and the
     ``event``/``id``/``retry`` fields carry nothing vLLM uses and are skipped.
     """

@@ -471,26 +471,52 @@ class Store:
         )
         return None if row is None else int(row[0])
 
-    async def set_feedback(self, discord_message_id: int, user_id: int, score: int) -> bool:
-        """Record one user's score for the reply that message belongs to; False if none."""
+    async def add_reaction(
+        self, discord_message_id: int, user_id: int, emoji: str, score: int
+    ) -> bool:
+        """A user put a scoring reaction on a message of a reply: it becomes their score.
+        False if the message is not a reply part, or the reaction was already recorded."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO reactions (discord_message_id, user_id, emoji, message_id, score,"
+                " added_at) SELECT discord_message_id, ?, ?, message_id, ?, ? FROM reply_parts"
+                " WHERE discord_message_id = ? ON CONFLICT DO NOTHING",
+                (user_id, emoji, score, to_iso(utcnow()), discord_message_id),
+            )
+            if cursor.rowcount > 0:
+                await self._rescore(db, discord_message_id, user_id)
+            return cursor.rowcount > 0
+
+    async def remove_reaction(self, discord_message_id: int, user_id: int, emoji: str) -> bool:
+        """A user took a reaction back: their score falls back to the latest one they still
+        show on the reply, or is cleared when none is left."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM reactions WHERE discord_message_id = ? AND user_id = ? AND emoji = ?",
+                (discord_message_id, user_id, emoji),
+            )
+            if cursor.rowcount > 0:
+                await self._rescore(db, discord_message_id, user_id)
+            return cursor.rowcount > 0
+
+    @staticmethod
+    async def _rescore(db: aiosqlite.Connection, discord_message_id: int, user_id: int) -> None:
+        reply = "(SELECT message_id FROM reply_parts WHERE discord_message_id = :part)"
         now = to_iso(utcnow())
-        cursor = await self._db.execute(
+        params = {"part": discord_message_id, "user": user_id, "now": now}
+        await db.execute(
             "INSERT INTO feedback (message_id, user_id, score, created_at, updated_at)"
-            " SELECT message_id, ?, ?, ?, ? FROM reply_parts WHERE discord_message_id = ?"
+            f" SELECT message_id, user_id, score, :now, :now FROM reactions WHERE message_id ="
+            f" {reply} AND user_id = :user ORDER BY rowid DESC LIMIT 1"
             " ON CONFLICT (message_id, user_id)"
             " DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at",
-            (user_id, score, now, now, discord_message_id),
+            params,
         )
-        return cursor.rowcount > 0
-
-    async def clear_feedback(self, discord_message_id: int, user_id: int, score: int) -> bool:
-        """Remove a score, but only the one this reaction gave (👍 removed keeps a 👎)."""
-        cursor = await self._db.execute(
-            "DELETE FROM feedback WHERE user_id = ? AND score = ? AND message_id ="
-            " (SELECT message_id FROM reply_parts WHERE discord_message_id = ?)",
-            (user_id, score, discord_message_id),
+        await db.execute(
+            f"DELETE FROM feedback WHERE message_id = {reply} AND user_id = :user AND NOT EXISTS"
+            f" (SELECT 1 FROM reactions WHERE message_id = {reply} AND user_id = :user)",
+            params,
         )
-        return cursor.rowcount > 0
 
     async def scores(self, reply_id: int) -> dict[int, int]:
         rows = await self._db.execute_fetchall(
@@ -580,8 +606,10 @@ class Store:
         async with self._transaction() as db:
             prompts_before = {row[0] for row in await db.execute_fetchall(used)}
             for sql in (
-                # their feedback on replies in scope
+                # their feedback and reactions on replies in scope
                 "DELETE FROM feedback WHERE user_id = ? AND message_id IN (SELECT m.id FROM"
+                f" messages m JOIN sessions s ON s.id = m.session_id WHERE {where})",
+                "DELETE FROM reactions WHERE user_id = ? AND message_id IN (SELECT m.id FROM"
                 f" messages m JOIN sessions s ON s.id = m.session_id WHERE {where})",
                 # their messages (replies and the replies' feedback go by cascade)
                 "DELETE FROM messages WHERE author_id = ? AND session_id IN"

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL_WRITES = 4
 CHANNEL_WINDOW = 5.0
+IDLE_CHANNELS_KEPT = 256  # past this many channels, idle ones are forgotten
 TYPING_REFRESH = 8.0  # Discord shows typing for ~10 s per request
 FINAL_RETRIES = 3  # deliveries of a final text after discord.py gave up on a 429 or 5xx
 FINAL_BACKOFF = 1.0  # seconds, times the attempt number
@@ -66,6 +67,8 @@ class ChannelPacer:
     async def wait(self, channel_id: int, final: Callable[[], bool] = lambda: False) -> None:
         """Take a write slot in the channel; ``final()`` says whether the write is a final
         text (asked again whenever the waiter wakes)."""
+        if len(self._recent) > IDLE_CHANNELS_KEPT:
+            self.forget_idle()
         recent = self._recent.setdefault(channel_id, collections.deque())
         counted = False
         try:
@@ -92,6 +95,8 @@ class ChannelPacer:
                 self.wake(channel_id)
 
     def forget_idle(self) -> None:
+        """Drop the history of channels with no write in the last window (nobody waits there:
+        a waiter implies a full, recent window)."""
         now = time.monotonic()
         for channel_id, recent in list(self._recent.items()):
             if not recent or now - recent[-1] >= self._window:

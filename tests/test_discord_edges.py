@@ -79,9 +79,13 @@ async def test_one_turn_in_flight_per_user_and_a_rate_limit(fake_discord, vllm, 
         await env.reply_to(first)
         third = await fake.user_sends(w.channel, w.alice, "three", mentions_bot=True)
         await fake.wait_for_message(w.channel, lambda m: "quickly" in m.content)
+        for text in ("four", "five", "six"):  # a flood gets one note, not one per message
+            await fake.user_sends(w.channel, w.alice, text, mentions_bot=True)
         others = await fake.user_sends(w.channel, w.bob, "bob is fine", mentions_bot=True)
         await env.reply_to(others)
         assert vllm.attempts == 2
+        notes = [m for m in fake.messages_in(w.channel) if "quickly" in m.content]
+        assert len(notes) == 1
         assert env.rows(
             "SELECT count(*) FROM messages WHERE discord_message_id IN (?, ?)",
             (second.id, third.id),

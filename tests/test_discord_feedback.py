@@ -35,6 +35,10 @@ async def test_thumbs_record_change_and_clear_a_users_score(fake_discord, vllm, 
         await fake.remove_reaction(w.alice, reply, "👍")  # removing the old one keeps the new
         await asyncio.sleep(0.3)
         assert scores(env)[w.alice.id] == -1
+        await fake.add_reaction(w.alice, reply, "👍")  # both showing: the later one counts
+        await fake.wait_until(lambda: scores(env).get(w.alice.id) == 1, 5, "latest thumb")
+        await fake.remove_reaction(w.alice, reply, "👍")  # 👎 still shows: back to -1
+        await fake.wait_until(lambda: scores(env).get(w.alice.id) == -1, 5, "fallback score")
         await fake.remove_reaction(w.alice, reply, "👎")
         await fake.wait_until(lambda: w.alice.id not in scores(env), 5, "cleared score")
         await fake.add_reaction(w.alice, reply, "🎉")  # not a score

@@ -7,6 +7,7 @@ import collections
 import logging
 import re
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,7 @@ class Chat(commands.Cog):
         self.pacer = ChannelPacer()
         self.tasks: dict[int, asyncio.Task[None]] = {}  # Discord message id -> its turn
         self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._last_notice: dict[tuple[int, str], float] = {}  # (user, reason) -> last note
         self._downloads = httpx.AsyncClient(timeout=10.0, follow_redirects=True)
 
     async def cog_unload(self) -> None:
@@ -215,7 +217,8 @@ class Chat(commands.Cog):
                 reason, notice = refusal
                 self.app.engine.metrics.refusals.labels(reason).inc()
                 sink.stop_typing()
-                await self._notice(message, route, notice)
+                if not self._noticed_recently(message.author.id, reason):
+                    await self._notice(message, route, notice)
                 return
             shared = route.scope.user_id is None
             user = await self.app.store.user_settings(message.author.id)
@@ -280,6 +283,22 @@ class Chat(commands.Cog):
             if self.app.engine.is_busy(session.id):
                 return "in_flight", "I'm still answering your previous message."
         return None
+
+    def _noticed_recently(self, user_id: int, reason: str) -> bool:
+        """A user flooding the bot gets one note per NOTICE_SECONDS, not one per message:
+        each note is a write that spends the channel's Discord rate limit."""
+        if reason not in ("rate_limited", "in_flight"):
+            return False
+        now = time.monotonic()
+        key = (user_id, reason)
+        if now - self._last_notice.get(key, -NOTICE_SECONDS) < NOTICE_SECONDS:
+            return True
+        self._last_notice[key] = now
+        if len(self._last_notice) > SEEN_IDS:
+            self._last_notice = {
+                u: t for u, t in self._last_notice.items() if now - t < NOTICE_SECONDS
+            }
+        return False
 
     async def _notice(self, message: discord.Message, route: Route, text: str) -> None:
         """Tell the author something briefly; the note removes itself after a while."""

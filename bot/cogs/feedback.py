@@ -1,8 +1,10 @@
 """Feedback: 👍/👎 on any message of a bot reply record that user's score for the reply.
 
 Raw reaction events fire for uncached messages too, so this works on replies sent before a
-restart. A user has one score per reply: a new reaction replaces it, removing the reaction that
-gave it clears it. Reactions by the bot itself and by other bots are ignored.
+restart. A user has one score per reply: the thumb they added last among those still showing
+on any of its messages. A new reaction replaces the score; removing it brings back the one
+still showing, or clears the score when none is left. The bot's own and other bots'
+reactions are ignored.
 """
 
 from __future__ import annotations
@@ -56,11 +58,12 @@ class Feedback(commands.Cog):
             user = self.bot.get_user(payload.user_id)
             if user is not None and user.bot:
                 return
-        if await self.bot.app.store.set_feedback(payload.message_id, payload.user_id, score):
+        store = self.bot.app.store
+        if await store.add_reaction(payload.message_id, payload.user_id, str(payload.emoji), score):
             self.bot.app.engine.metrics.feedback.labels(str(score)).inc()
 
     @commands.Cog.listener()
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
-        score = self._score(payload)
-        if score is not None:
-            await self.bot.app.store.clear_feedback(payload.message_id, payload.user_id, score)
+        if self._score(payload) is not None:
+            store = self.bot.app.store
+            await store.remove_reaction(payload.message_id, payload.user_id, str(payload.emoji))

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from bot import db as dbmod
+from bot.models import Kind, Scope
 from bot.store import Store
 from tests.conftest import REPO
 from tests.discord_server import FakeDiscord
@@ -594,20 +595,53 @@ asyncio.run(main())
 """
 
 
-async def test_p4_migrations_upgrade_refuse_newer_and_survive_a_kill(tmp_path, figures):
-    # blank -> v1 (the only past version today is the blank database)
-    blank = tmp_path / "blank.sqlite3"
-    store = await Store.open(blank)
-    await store.close()
-    with connect(blank) as con:
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-    assert version == dbmod.LATEST_VERSION == 1
-    assert integrity(blank) == ("ok", 0)
+def _database_at(path: Path, version: int) -> None:
+    """A database written by the bot of schema ``version``, with a rated turn in it."""
+    con = sqlite3.connect(path)
+    for number, script in enumerate(dbmod.migrations()[:version], start=1):
+        con.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    if version >= 1:
+        con.executescript(
+            "INSERT INTO sessions (id, scope_key, kind, guild_id, channel_id, user_id, created_at)"
+            " VALUES (1, 'channel:5:7', 'channel', 4, 5, 7, '2026-01-01T00:00:00.000Z');"
+            "INSERT INTO messages (id, session_id, role, status, content, tokens, created_at,"
+            " author_id, discord_message_id) VALUES (1, 1, 'user', 'done', 'hi', 1,"
+            " '2026-01-01T00:00:00.000Z', 7, 100);"
+            "INSERT INTO messages (id, session_id, role, status, content, tokens, created_at,"
+            " reply_to) VALUES (2, 1, 'assistant', 'done', 'hello', 1,"
+            " '2026-01-01T00:00:01.000Z', 1);"
+            "INSERT INTO reply_parts VALUES (200, 2, 5, 0);"
+            "INSERT INTO feedback VALUES (2, 8, -1, '2026-01-01T00:00:02.000Z',"
+            " '2026-01-01T00:00:02.000Z');"
+        )
+    con.close()
 
-    # SIGKILL at random instants of a slow v1 -> v2 migration: version 1 or 2, never between
+
+async def test_p4_migrations_upgrade_refuse_newer_and_survive_a_kill(tmp_path, figures):
+    head = dbmod.LATEST_VERSION
+    # every past schema, with data in it, upgrades to head and keeps its turns and scores
+    upgraded = []
+    for version in range(head):
+        old = tmp_path / f"v{version}.sqlite3"
+        _database_at(old, version)
+        store = await Store.open(old)
+        if version >= 1:
+            session = await store.current_session(Scope(Kind.CHANNEL, "5", 4, 7))
+            assert [t.reply_text for t in await store.load_context(session.id, 0)] == ["hello"]
+            assert await store.scores(2) == {8: -1}
+            assert await store.remove_reaction(200, 8, "👎")  # the old score became a reaction
+            assert await store.scores(2) == {}
+        await store.close()
+        with connect(old) as con:
+            assert con.execute("PRAGMA user_version").fetchone()[0] == head
+            assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert integrity(old) == ("ok", 0)
+        upgraded.append(version)
+
+    # SIGKILL at random instants of a slow head -> head+1 migration: never in between
     seed = random.randrange(1_000_000)
     rng = random.Random(seed)
-    outcomes = {1: 0, 2: 0}
+    outcomes = {head: 0, head + 1: 0}
     torn = 0
     duration = 0.0  # of an uninterrupted migration, measured by the first attempt
     for attempt in range(8):
@@ -640,12 +674,14 @@ async def test_p4_migrations_upgrade_refuse_newer_and_survive_a_kill(tmp_path, f
             columns = {r[1] for r in con.execute("PRAGMA table_info(messages)")}
         outcomes[v] = outcomes.get(v, 0) + 1
         complete = "big_new" in tables and "v2_note" in columns
-        if (v == 2) != complete or (v == 1 and ("big_new" in tables or "v2_note" in columns)):
+        if (v == head + 1) != complete or (
+            v == head and ("big_new" in tables or "v2_note" in columns)
+        ):
             torn += 1
         assert integrity(path) == ("ok", 0), (attempt, v)
-    assert set(outcomes) <= {1, 2} and torn == 0, outcomes
-    assert outcomes[2] >= 1  # the uninterrupted run really migrates
-    assert outcomes[1] >= 1  # and some kills really landed inside a migration
+    assert set(outcomes) <= {head, head + 1} and torn == 0, outcomes
+    assert outcomes[head + 1] >= 1  # the uninterrupted run really migrates
+    assert outcomes[head] >= 1  # and some kills really landed inside a migration
 
     # a failing migration rolls back completely and the store refuses to open
     failing = tmp_path / "failing.sqlite3"
@@ -662,7 +698,7 @@ async def test_p4_migrations_upgrade_refuse_newer_and_survive_a_kill(tmp_path, f
     with connect(failing) as con:
         failed_version = con.execute("PRAGMA user_version").fetchone()[0]
         half = con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half_done'").fetchone()
-    assert failed_version == 1 and half == (0,)
+    assert failed_version == head and half == (0,)
 
     # a database from a newer bot: the process refuses it with a clear error and exit 78
     newer = tmp_path / "newer.sqlite3"
@@ -690,7 +726,8 @@ async def test_p4_migrations_upgrade_refuse_newer_and_survive_a_kill(tmp_path, f
     with connect(newer) as con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == 7  # left untouched
     figures["P4"] = {
-        "blank_to_head": f"0 -> {dbmod.LATEST_VERSION}",
+        "upgraded_from_versions": upgraded,
+        "head": head,
         "killed_migrations": sum(outcomes.values()),
         "versions_after_kill": outcomes,
         "migration_seconds": round(duration, 2),

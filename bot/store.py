@@ -141,6 +141,12 @@ class Store:
         self._lock = asyncio.Lock()
         self._db = _Serialised(db, self._lock)
         self._prompt_ids: dict[str, int] = {}
+        # Read-through caches of rows that change only through this store: one bot process
+        # owns the database (bot.app.instance_lock), so they cannot go stale behind its back.
+        # They save three or four round trips to aiosqlite's thread on every turn.
+        self._sessions: dict[str, Session] = {}
+        self._channels: dict[int, ChannelSettings] = {}
+        self._users: dict[int, UserSettings] = {}
 
     @classmethod
     async def open(
@@ -189,6 +195,9 @@ class Store:
     async def current_session(self, scope: Scope) -> Session:
         """The open session for this scope, created on first use."""
         key = scope.key
+        cached = self._sessions.get(key)
+        if cached is not None:
+            return cached
         row = await self._one(
             "SELECT id, context_start_id FROM sessions WHERE scope_key = ? AND closed_at IS NULL",
             (key,),
@@ -210,7 +219,9 @@ class Store:
             )
             if row is None:  # another task created it between our two statements
                 return await self.current_session(scope)
-        return Session(id=row[0], scope_key=key, context_start_id=row[1])
+        session = Session(id=row[0], scope_key=key, context_start_id=row[1])
+        _remember(self._sessions, key, session)
+        return session
 
     async def reset_session(self, scope: Scope) -> bool:
         """Close the open session: kept for feedback and export, no longer sent to the model."""
@@ -218,12 +229,16 @@ class Store:
             "UPDATE sessions SET closed_at = ? WHERE scope_key = ? AND closed_at IS NULL",
             (to_iso(utcnow()), scope.key),
         )
+        self._sessions.pop(scope.key, None)
         return cursor.rowcount > 0
 
     async def set_context_start(self, session_id: int, message_id: int) -> None:
         await self._db.execute(
             "UPDATE sessions SET context_start_id = ? WHERE id = ?", (message_id, session_id)
         )
+        for key, session in list(self._sessions.items()):
+            if session.id == session_id:
+                self._sessions[key] = Session(session_id, key, message_id)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -530,24 +545,39 @@ class Store:
     USER_FIELDS = frozenset(UserSettings.__slots__)
 
     async def channel_settings(self, channel_id: int) -> ChannelSettings:
+        cached = self._channels.get(channel_id)
+        if cached is not None:
+            return cached
         row = await self._one(
             "SELECT system_prompt, temperature, max_tokens, shared, auto_thread, reply_all"
             " FROM channel_settings WHERE channel_id = ?",
             (channel_id,),
         )
-        if row is None:
-            return ChannelSettings()
-        prompt, temperature, max_tokens, shared, auto_thread, reply_all = row
-        return ChannelSettings(
-            prompt, temperature, max_tokens, _bool(shared), _bool(auto_thread), _bool(reply_all)
-        )
+        settings = ChannelSettings()
+        if row is not None:
+            prompt, temperature, max_tokens, shared, auto_thread, reply_all = row
+            settings = ChannelSettings(
+                prompt,
+                temperature,
+                max_tokens,
+                _bool(shared),
+                _bool(auto_thread),
+                _bool(reply_all),
+            )
+        _remember(self._channels, channel_id, settings)
+        return settings
 
     async def user_settings(self, user_id: int) -> UserSettings:
+        cached = self._users.get(user_id)
+        if cached is not None:
+            return cached
         row = await self._one(
             "SELECT system_prompt, temperature, max_tokens FROM user_settings WHERE user_id = ?",
             (user_id,),
         )
-        return UserSettings() if row is None else UserSettings(*row)
+        settings = UserSettings() if row is None else UserSettings(*row)
+        _remember(self._users, user_id, settings)
+        return settings
 
     async def set_channel_setting(
         self, channel_id: int, guild_id: int | None, name: str, value: Any, by: int
@@ -561,6 +591,7 @@ class Store:
             " updated_by = excluded.updated_by",
             (channel_id, guild_id, value, to_iso(utcnow()), by),
         )
+        self._channels.pop(channel_id, None)
 
     async def set_user_setting(self, user_id: int, name: str, value: Any) -> None:
         if name not in self.USER_FIELDS:
@@ -571,6 +602,7 @@ class Store:
             " updated_at = excluded.updated_at",
             (user_id, value, to_iso(utcnow())),
         )
+        self._users.pop(user_id, None)
 
     # -- threads the bot opened -------------------------------------------------------------
 
@@ -596,6 +628,8 @@ class Store:
     ) -> int:
         """Delete a user's messages, the replies to them, their sessions and their feedback,
         everywhere or only in one guild or one channel. Returns the rows deleted."""
+        self._sessions.clear()
+        self._users.pop(user_id, None)
         where, params = "1", []
         if channel_id is not None:
             where, params = "s.channel_id = ?", [channel_id]
@@ -636,6 +670,7 @@ class Store:
                 deleted += max(cursor.rowcount, 0)
         if orphaned:
             self._prompt_ids.clear()
+        self._sessions.clear()  # again: a turn may have cached one of them meanwhile
         # Copies of the deleted pages may still sit in the write-ahead log.
         await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
@@ -793,6 +828,15 @@ class Store:
         target.parent.mkdir(parents=True, exist_ok=True)
         async with aiosqlite.connect(target) as copy:
             await self._db.backup(copy)
+
+
+_CACHED_ROWS = 10_000
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHED_ROWS:
+        cache.clear()  # rarely hit; simpler than LRU and the rows are cheap to read again
+    cache[key] = value
 
 
 def _bool(value: int | None) -> bool | None:

@@ -29,6 +29,10 @@ CHANNEL_WRITES = 4
 CHANNEL_WINDOW = 5.0
 IDLE_CHANNELS_KEPT = 256  # past this many channels, idle ones are forgotten
 TYPING_REFRESH = 8.0  # Discord shows typing for ~10 s per request
+# Typing starts this long after a message is accepted: a reply whose first text is visible by
+# then needs no typing indicator (one Discord request fewer per turn), a slower one gets it
+# well within a second.
+TYPING_DELAY = 0.3
 FINAL_RETRIES = 3  # deliveries of a final text after discord.py gave up on a 429 or 5xx
 FINAL_BACKOFF = 1.0  # seconds, times the attempt number
 WARNING = "\N{WARNING SIGN}\N{VARIATION SELECTOR-16}"
@@ -204,6 +208,7 @@ class DiscordReply:
     # -- delivery ---------------------------------------------------------------------------
 
     async def _keep_typing(self) -> None:
+        await asyncio.sleep(TYPING_DELAY)
         with contextlib.suppress(discord.HTTPException):
             while True:
                 await self._channel.typing()

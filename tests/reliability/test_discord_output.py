@@ -384,9 +384,14 @@ async def test_d2_lengths_unicode_and_fences_within_discords_limits(
             expected_parity = fence_count(text) % 2 if last else 0
             if fence_count(part) % 2 != expected_parity:
                 unbalanced.append((name, i))
-            if part[:1] in ("\u200d", "\ufe0f") or "\U0001f3fb" <= part[:1] <= "\U0001f3ff":
+            # only the splitter's cuts count: the model's own text may start or end anywhere
+            # (prose() cuts to an exact length, sometimes inside an emoji sequence)
+            starts_mid = (
+                part[:1] in ("\u200d", "\ufe0f") or "\U0001f3fb" <= part[:1] <= "\U0001f3ff"
+            )
+            if i > 0 and starts_mid:
                 cut_sequences.append((name, i))
-            if part.endswith("\u200d"):
+            if not last and part.endswith("\u200d"):
                 cut_sequences.append((name, i))
         if "families" in name and any(p.replace(FAMILY, "") for p in parts):
             cut_sequences.append((name, "family split"))

@@ -206,9 +206,6 @@ class Engine:
             else:
                 self._locks[session_id] = (lock, users - 1)
 
-    def is_busy(self, session_id: int) -> bool:
-        return session_id in self._locks
-
     async def respond(
         self, incoming: Incoming, sink: ReplySink, settings: ChatSettings
     ) -> Outcome | None:

@@ -60,7 +60,9 @@ async def test_deleting_a_message_cancels_its_generation(fake_discord, vllm, tmp
         assert not env.bot.get_cog("Chat").tasks
 
 
-async def test_one_turn_in_flight_per_user_and_a_rate_limit(fake_discord, vllm, tmp_path):
+async def test_one_turn_in_flight_per_user_a_follow_up_waits_and_a_rate_limit(
+    fake_discord, vllm, tmp_path
+):
     world = await fake_discord.basic_world()
     vllm.default = Script(tokens=60, rate=30)
     async with running_bot(
@@ -68,27 +70,32 @@ async def test_one_turn_in_flight_per_user_and_a_rate_limit(fake_discord, vllm, 
         vllm,
         world,
         tmp_path / "bot.sqlite3",
-        limits={"user_turns_per_minute": 2, "user_burst": 2},
+        limits={"user_turns_per_minute": 3, "user_burst": 3},
     ) as env:
         fake, w = env.fake, env.world
         first = await fake.user_sends(w.channel, w.alice, "one", mentions_bot=True)
         await fake.wait_until(lambda: env.parts(first), 5, "first reply streaming")
+        # a follow-up while the reply streams is answered next; one more is a flood
         second = await fake.user_sends(w.channel, w.alice, "two", mentions_bot=True)
-        note = await fake.wait_for_message(w.channel, lambda m: "still answering" in m.content)
-        assert note.reference["message_id"] == str(second.id)
-        await env.reply_to(first)
         third = await fake.user_sends(w.channel, w.alice, "three", mentions_bot=True)
+        note = await fake.wait_for_message(w.channel, lambda m: "still answering" in m.content)
+        assert note.reference["message_id"] == str(third.id)
+        await env.reply_to(first)
+        await env.reply_to(second)
+        assert env.parts(first)[0].id < env.parts(second)[0].id  # in order
+        assert vllm.chat_requests[1].body["messages"][-3]["content"].endswith("one")
+        fourth = await fake.user_sends(w.channel, w.alice, "four", mentions_bot=True)
         await fake.wait_for_message(w.channel, lambda m: "quickly" in m.content)
-        for text in ("four", "five", "six"):  # a flood gets one note, not one per message
+        for text in ("five", "six", "seven"):  # a flood gets one note, not one per message
             await fake.user_sends(w.channel, w.alice, text, mentions_bot=True)
         others = await fake.user_sends(w.channel, w.bob, "bob is fine", mentions_bot=True)
         await env.reply_to(others)
-        assert vllm.attempts == 2
+        assert vllm.attempts == 3
         notes = [m for m in fake.messages_in(w.channel) if "quickly" in m.content]
         assert len(notes) == 1
         assert env.rows(
             "SELECT count(*) FROM messages WHERE discord_message_id IN (?, ?)",
-            (second.id, third.id),
+            (third.id, fourth.id),
         ) == [(0,)]
         for r in env.writes():
             assert r.pings is not None and r.pings.count == 0

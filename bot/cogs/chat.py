@@ -30,6 +30,7 @@ TEXT_SUFFIXES = (".txt", ".md", ".py", ".json", ".csv", ".log", ".yaml", ".yml",
                  ".ini", ".cfg", ".js", ".ts", ".html", ".css", ".sql", ".sh", ".c", ".h",
                  ".cpp", ".rs", ".go", ".java", ".rb", ".xml")  # fmt: skip
 NOTICE_SECONDS = 20.0
+FOLLOW_UPS = 1  # messages a user may send while a reply streams; they are answered in turn
 SEEN_IDS = 4096
 
 
@@ -53,6 +54,10 @@ class Chat(commands.Cog):
         self.tasks: dict[int, asyncio.Task[None]] = {}  # Discord message id -> its turn
         self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._last_notice: dict[tuple[int, str], float] = {}  # (user, reason) -> last note
+        # Turns of a one-user session taken in and not yet over, claimed the moment they pass
+        # admission (the engine's own queue only sees them after they are stored).
+        self._session_turns: collections.Counter[int] = collections.Counter()
+        self._claims: dict[int, int] = {}  # Discord message -> its session
         self._downloads = httpx.AsyncClient(timeout=10.0, follow_redirects=True)
 
     async def cog_unload(self) -> None:
@@ -255,6 +260,7 @@ class Chat(commands.Cog):
             )
         finally:
             sink.stop_typing()
+            self._release(message)
 
     async def _refusal(
         self, message: discord.Message, route: Route, text: str, *, admitted: bool = False
@@ -279,10 +285,24 @@ class Chat(commands.Cog):
                 f"You're sending messages quickly. Please wait {max(1, round(wait))} s."
             )
         if route.scope.user_id is not None:
+            # A follow-up sent while the reply streams waits its turn, as in a conversation;
+            # more than one waiting is a flood, and a note says which message was skipped.
             session = await self.app.store.current_session(route.scope)
-            if self.app.engine.is_busy(session.id):
-                return "in_flight", "I'm still answering your previous message."
+            if self._session_turns[session.id] > FOLLOW_UPS:
+                return "in_flight", (
+                    "I'm still answering your earlier messages, so I skipped this one. "
+                    "Please send it again when I'm done."
+                )
+            self._session_turns[session.id] += 1
+            self._claims[message.id] = session.id
         return None
+
+    def _release(self, message: discord.Message) -> None:
+        session_id = self._claims.pop(message.id, None)
+        if session_id is not None:
+            self._session_turns[session_id] -= 1
+            if self._session_turns[session_id] <= 0:
+                del self._session_turns[session_id]
 
     def _noticed_recently(self, user_id: int, reason: str) -> bool:
         """A user flooding the bot gets one note per NOTICE_SECONDS, not one per message:

@@ -688,16 +688,22 @@ async def test_l7_deleting_the_prompt_cancels_upstream_within_a_second(
             )
             await fake.wait_until(lambda m=msg: "cancelled" in shown(fake, m), 5, "the mark")
             marked += 1
-        # superseding: a second message while the first streams is refused politely and the
-        # first reply is not disturbed (this bot does not cancel on a newer message)
+        # a follow-up while the first reply streams waits its turn and is answered after it,
+        # the first reply undisturbed (this bot does not cancel on a newer message); a third
+        # message while one already waits is a flood: a polite note says it was skipped
         vllm.default = Script(tokens=60, rate=40)
         first = await fake.user_sends(w.channel, w.bob, "first", mentions_bot=True)
         await fake.wait_until(lambda: reply_writes(fake, first), 10, "streaming")
-        second = await fake.user_sends(w.channel, w.bob, "never mind, this", mentions_bot=True)
+        second = await fake.user_sends(w.channel, w.bob, "and also this", mentions_bot=True)
+        third = await fake.user_sends(w.channel, w.bob, "never mind, this", mentions_bot=True)
         await env.reply_to(first)
-        await fake.wait_until(lambda: reply_writes(fake, second), 5, "the note")
-        supersede_note = shown(fake, second)
+        await env.reply_to(second)
+        await fake.wait_until(lambda: reply_writes(fake, third), 5, "the note")
+        supersede_note = shown(fake, third)
         first_status = status_of(env, first)
+        second_status = status_of(env, second)
+        in_order = reply_writes(fake, first)[0].at < reply_writes(fake, second)[0].at
+        third_rows = env.rows("SELECT 1 FROM messages WHERE discord_message_id = ?", (third.id,))
         await fake.wait_until(lambda: not env.bot.get_cog("Chat").tasks, 5, "no turn tasks")
         # notices delete themselves after NOTICE_SECONDS: that timer is one task, expected
 
@@ -711,6 +717,8 @@ async def test_l7_deleting_the_prompt_cancels_upstream_within_a_second(
     assert pct(delays, 95) <= 1.0, delays
     assert marked == 10
     assert "still answering" in supersede_note and first_status[:2] == ("done", "done")
+    assert second_status[:2] == ("done", "done") and in_order
+    assert third_rows == []  # skipped, and said so: nothing half-stored
     assert leftover <= 1, leftover  # at most the notice's self-delete timer
     figures["L7-delete"] = {
         "cancellations": len(delays),

@@ -293,8 +293,9 @@ class Chat(commands.Cog):
                     "I'm still answering your earlier messages, so I skipped this one. "
                     "Please send it again when I'm done."
                 )
-            self._session_turns[session.id] += 1
-            self._claims[message.id] = session.id
+            if message.id not in self._claims:  # a redelivered message claims nothing more
+                self._session_turns[session.id] += 1
+                self._claims[message.id] = session.id
         return None
 
     def _release(self, message: discord.Message) -> None:

@@ -728,7 +728,7 @@ async def test_l7_deleting_the_prompt_cancels_upstream_within_a_second(
         "replies_marked_cancelled": marked,
         "rows_after_delete": 0,
         "tasks_over_baseline": leftover,
-        "supersede": "refused with a note; first reply completed",
+        "follow_up": "answered after the first reply, in order; a third message got a note",
     }
 
 

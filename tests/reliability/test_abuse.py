@@ -16,24 +16,9 @@ from typing import Any
 from tests.discord_server import FakeDiscord
 from tests.fake_vllm import FakeVLLM, Script
 from tests.process import BotProcess, bot_env
+from tests.reliability.helpers import POST, pct, rss_mb
 
-POST = "POST /channels/{channel_id}/messages"
 MB = 1024 * 1024
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def first_text(fake: FakeDiscord, msg: Any) -> tuple[float, str] | None:

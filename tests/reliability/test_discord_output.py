@@ -5,21 +5,20 @@ Every figure is measured on the wire, from the fake Discord's request log.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import random
 import time
 from collections import Counter
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from bot.splitting import DISCORD_LIMIT
 from tests.discord_server import Perm, RequestRecord
 from tests.fake_vllm import FakeVLLM, Script
-from tests.harness import Env, running_bot
+from tests.harness import running_bot
+from tests.reliability.helpers import model_asked, until_all_finished
 
 ADMIN = Perm.DEFAULT | Perm.MANAGE_GUILD
 # Every route that carries a message body: sends, edits, interaction callbacks, follow-ups.
@@ -100,30 +99,6 @@ def hostile_text(rng: random.Random, role: int, users: list[int]) -> str:
         return f"{filler} {line(6)}"
     body = "\n".join(f"{i}: {line(6)}" for i in range(rng.randint(40, 80)))
     return f"Code:\n```text\n{body}\n```\nThat pings {line(4)}"
-
-
-async def model_asked(vllm: FakeVLLM, before: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    """Wait until the model server has received more than ``before`` chat requests."""
-    for _ in range(int(timeout / 0.005)):
-        if vllm.attempts > before:
-            return
-        await asyncio.sleep(0.005)
-    raise TimeoutError(f"the model was not asked within {timeout}s")
-
-
-async def until_all_finished(env: Env, expected: int, timeout: float) -> None:  # noqa: ASYNC109
-    """Every user message stored has an outcome and no turn is still running."""
-    deadline = time.monotonic() + timeout
-    chat: Any = env.bot.get_cog("Chat")
-    while True:
-        (done,) = env.rows(
-            "SELECT count(*) FROM messages WHERE role = 'user' AND status != 'pending'"
-        )[0]
-        if done >= expected and not chat.tasks:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{done}/{expected} turns finished after {timeout}s")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ Both run on the wall clock (pacing is the point), with the production edit inter
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import statistics
@@ -15,6 +14,7 @@ from typing import Any
 from tests.discord_server import RequestRecord
 from tests.fake_vllm import FakeVLLM, Script
 from tests.harness import Env, running_bot
+from tests.reliability.helpers import model_asked, until_all_finished
 
 WRITES = (
     "POST /channels/{channel_id}/messages",
@@ -48,29 +48,6 @@ def message_id_of(r: RequestRecord) -> int | None:
     if r.method == "PATCH":
         return int(r.params["message_id"])
     return int(r.response["id"]) if isinstance(r.response, dict) and "id" in r.response else None
-
-
-async def model_asked(vllm: FakeVLLM, before: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    """Wait until the model server has received more than ``before`` chat requests."""
-    for _ in range(int(timeout / 0.005)):
-        if vllm.attempts > before:
-            return
-        await asyncio.sleep(0.005)
-    raise TimeoutError(f"the model was not asked within {timeout}s")
-
-
-async def until_all_finished(env: Env, expected: int, timeout: float) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    chat: Any = env.bot.get_cog("Chat")
-    while True:
-        (done,) = env.rows(
-            "SELECT count(*) FROM messages WHERE role = 'user' AND status != 'pending'"
-        )[0]
-        if done >= expected and not chat.tasks:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{done}/{expected} turns finished after {timeout}s")
-        await asyncio.sleep(0.1)
 
 
 def stream_figures(env: Env, vllm: FakeVLLM, asked: dict[str, Any], texts: dict[str, str]):

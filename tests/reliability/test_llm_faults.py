@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import re
 import signal
 import time
@@ -29,21 +28,12 @@ from tests.discord_server import FakeDiscord, RequestRecord
 from tests.fake_vllm import FakeVLLM, Script
 from tests.harness import Env, running_bot
 from tests.process import BotProcess, bot_env
+from tests.reliability.helpers import PATCH, POST, pct
 
-POST = "POST /channels/{channel_id}/messages"
-PATCH = "PATCH /channels/{channel_id}/messages/{message_id}"
 WARNING = "\N{WARNING SIGN}"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank) of ``values``; 0.0 for none."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def reply_writes(fake: FakeDiscord, msg: Any) -> list[RequestRecord]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import random
 import signal
@@ -30,18 +29,10 @@ from tests.discord_server import FakeDiscord
 from tests.fake_vllm import FakeVLLM, Script
 from tests.harness import Env, running_bot
 from tests.process import BotProcess, bot_env
+from tests.reliability.helpers import PATCH, POST
 
-POST = "POST /channels/{channel_id}/messages"
-PATCH = "PATCH /channels/{channel_id}/messages/{message_id}"
 LENGTH_NOTE = "The reply reached its length limit."
 RESTART_MARK = "interrupted: the bot restarted"
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 @contextlib.contextmanager

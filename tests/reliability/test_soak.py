@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import gzip
-import math
 import os
 import random
 import re
@@ -30,20 +29,11 @@ from tests.discord_server import FakeDiscord, Perm
 from tests.fake_vllm import FakeVLLM, Script
 from tests.harness import running_bot
 from tests.process import BotProcess, bot_env
+from tests.reliability.helpers import POST, TYPING, pct, rss_mb
 
-POST = "POST /channels/{channel_id}/messages"
-PATCH = "PATCH /channels/{channel_id}/messages/{message_id}"
-TYPING = "POST /channels/{channel_id}/typing"
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "180"))
 TERMINAL = {"done", "interrupted", "failed", "cancelled"}
 NOTICE_WORDS = ("busy", "still answering", "quickly", "storage error")
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def slope_per_10_min(samples: list[tuple[float, float]]) -> float:
@@ -56,14 +46,6 @@ def slope_per_10_min(samples: list[tuple[float, float]]) -> float:
     var = sum((t - mx) ** 2 for t, _ in samples)
     cov = sum((t - mx) * (v - my) for t, v in samples)
     return cov / var * 600 if var else 0.0
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def open_fds(pid: int) -> int:

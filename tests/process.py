@@ -34,6 +34,30 @@ def bot_env(fake: FakeDiscord, vllm: FakeVLLM, db: Path, **extra: Any) -> dict[s
     return env
 
 
+async def run_bot(
+    env: dict[str, str],
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 60,  # noqa: ASYNC109
+) -> tuple[int, str, str]:
+    """Run ``python -m bot ARGS`` to its end: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        cwd=REPO,
+        env=env,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    data = stdin.encode() if stdin is not None else None
+    out, err = await asyncio.wait_for(proc.communicate(data), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
 class BotProcess:
     """``async with BotProcess(env) as bot:`` starts the bot and waits until it is ready."""
 

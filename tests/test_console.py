@@ -1,28 +1,14 @@
 """`python -m bot console`, non-interactively: one reply per input line, memory across runs."""
 
-import asyncio
 import os
-import sys
 
 from tests.conftest import REPO
 from tests.fake_vllm import FakeVLLM, Script
+from tests.process import run_bot
 
 
 async def run_console(env: dict[str, str], stdin: str, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "console",
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
-    return proc.returncode, out.decode(), err.decode()
+    return await run_bot(env, "console", *args, stdin=stdin)
 
 
 async def test_console_replies_per_line_and_remembers_the_session(tmp_path):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 
 import pytest
 
-from tests.conftest import REPO
 from tests.fake_vllm import FakeVLLM, Script
 from tests.harness import bot_config, running_bot
+from tests.process import run_bot
 
 
 @pytest.fixture
@@ -160,17 +158,8 @@ async def test_fatal_gateway_close_ends_the_process_with_a_distinct_code(
         "LLM_BASE_URL": vllm.base_url,
         "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        cwd=REPO,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 77, err.decode()[-2000:]
+    code, _, err = await run_bot(env, timeout=30)
+    assert code == 77, err[-2000:]
     assert fake_discord.gateway.identify_count == 1
-    assert what in err.decode().lower()
-    assert fake_discord.token not in err.decode()
+    assert what in err.lower()
+    assert fake_discord.token not in err

@@ -7,14 +7,12 @@ import asyncio
 import json
 import signal
 import sqlite3
-import sys
 import time
 
 import pytest
 
-from tests.conftest import REPO
 from tests.fake_vllm import FakeVLLM, Script
-from tests.process import BotProcess, bot_env
+from tests.process import BotProcess, bot_env, run_bot
 
 
 @pytest.fixture
@@ -107,54 +105,19 @@ async def test_backup_while_running_and_export_from_the_shell(fake_discord, vllm
         await fake_discord.add_reaction(w.bob, fake_discord.world.messages[part_id], "👍")
         await fake_discord.wait_until(lambda: rows(db, "SELECT * FROM feedback"), 10, "score")
         backup = tmp_path / "copy.sqlite3"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "backup",
-            str(backup),
-            cwd=REPO,
-            env=env,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
+        code, _, err = await run_bot(env, "backup", str(backup))
+        assert code == 0, err
         assert rows(backup, "PRAGMA integrity_check") == [("ok",)]
         assert rows(backup, "SELECT count(*) FROM messages") == [(2,)]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "export",
-            "--format",
-            "jsonl",
-            "--guild",
-            str(w.guild.id),
-            cwd=REPO,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        code, out, err = await run_bot(
+            env, "export", "--format", "jsonl", "--guild", str(w.guild.id)
         )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        (record,) = [json.loads(line) for line in out.decode().splitlines()]
+        assert code == 0, err
+        (record,) = [json.loads(line) for line in out.splitlines()]
         assert record["user_text"] == "=1+1 hello" and record["score"] == 1
-        assert "1 reply" in err.decode() and "pseudonymised" in err.decode()
+        assert "1 reply" in err and "pseudonymised" in err
         out_file = tmp_path / "fb.csv"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "export",
-            "--format",
-            "csv",
-            "--out",
-            str(out_file),
-            cwd=REPO,
-            env=env,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        await proc.communicate()
+        await run_bot(env, "export", "--format", "csv", "--out", str(out_file))
         assert "'=1+1 hello" in out_file.read_text()
     del msg
 
@@ -184,22 +147,11 @@ async def test_sync_commands_registers_the_tree_only_when_asked(fake_discord, vl
     async with BotProcess(env):
         await asyncio.sleep(0.5)
     assert not fake_discord.commands.get(w.guild.id) and not fake_discord.commands.get(None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "sync-commands",
-        "--guild",
-        str(w.guild.id),
-        cwd=REPO,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
+    code, _, err = await run_bot(env, "sync-commands", "--guild", str(w.guild.id))
+    assert code == 0, err
     names = {c["name"] for c in fake_discord.commands[w.guild.id]}
     assert names == {"settings", "reset", "forget", "mydata", "help", "status", "export"}
-    assert "synced 7 command(s)" in err.decode()
+    assert "synced 7 command(s)" in err
 
 
 async def test_healthcheck_tells_a_live_bot_from_a_dead_one(fake_discord, vllm, tmp_path):
@@ -208,17 +160,8 @@ async def test_healthcheck_tells_a_live_bot_from_a_dead_one(fake_discord, vllm, 
     env = bot_env(fake_discord, vllm, db)
 
     async def health() -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "healthcheck",
-            cwd=REPO,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-        return proc.returncode, out.decode().strip()
+        code, out, _ = await run_bot(env, "healthcheck", timeout=30)
+        return code, out.strip()
 
     code, out = await health()
     assert (code, out) == (1, "unhealthy: no bot has started on this database")

@@ -8,6 +8,7 @@ import math
 import time
 from typing import Any
 
+from tests.discord_server import FakeDiscord, RequestRecord
 from tests.fake_vllm import FakeVLLM
 from tests.harness import Env
 
@@ -22,6 +23,24 @@ def pct(values: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def reply_writes(fake: FakeDiscord, msg: Any) -> list[RequestRecord]:
+    """Every successful create/edit of the bot's answer to ``msg`` (its reply and notices),
+    in order."""
+    ids: set[str] = set()
+    out: list[RequestRecord] = []
+    for r in list(fake.requests):
+        if r.status >= 300 or not isinstance(r.json, dict):
+            continue
+        if r.route == POST:
+            ref = r.json.get("message_reference") or {}
+            if str(ref.get("message_id")) == str(msg.id):
+                ids.add(str(r.response["id"]))
+                out.append(r)
+        elif r.route == PATCH and r.params.get("message_id") in ids:
+            out.append(r)
+    return out
 
 
 def rss_mb(pid: int) -> float:

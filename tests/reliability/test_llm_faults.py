@@ -24,33 +24,16 @@ import pytest
 from bot.engine import NOTICES
 from bot.models import Incoming, Kind, ReplyRecord, Scope, Status
 from bot.prompt import build_messages
-from tests.discord_server import FakeDiscord, RequestRecord
+from tests.discord_server import FakeDiscord
 from tests.fake_vllm import FakeVLLM, Script
 from tests.harness import Env, running_bot
 from tests.process import BotProcess, bot_env
-from tests.reliability.helpers import PATCH, POST, pct
+from tests.reliability.helpers import pct, reply_writes
 
 WARNING = "\N{WARNING SIGN}"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def reply_writes(fake: FakeDiscord, msg: Any) -> list[RequestRecord]:
-    """Every successful create/edit of the bot's answer to ``msg`` (its reply and notices)."""
-    ids: set[str] = set()
-    out: list[RequestRecord] = []
-    for r in list(fake.requests):
-        if r.status >= 300:
-            continue
-        if r.route == POST and isinstance(r.json, dict):
-            ref = r.json.get("message_reference") or {}
-            if str(ref.get("message_id")) == str(msg.id):
-                ids.add(str(r.response["id"]))
-                out.append(r)
-        elif r.route == PATCH and r.params.get("message_id") in ids:
-            out.append(r)
-    return out
 
 
 def shown(fake: FakeDiscord, msg: Any) -> str:

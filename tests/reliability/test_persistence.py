@@ -28,8 +28,8 @@ from tests.conftest import REPO
 from tests.discord_server import FakeDiscord
 from tests.fake_vllm import FakeVLLM, Script
 from tests.harness import Env, running_bot
-from tests.process import BotProcess, bot_env
-from tests.reliability.helpers import PATCH, POST
+from tests.process import BotProcess, bot_env, run_bot
+from tests.reliability.helpers import PATCH, POST, reply_writes
 
 LENGTH_NOTE = "The reply reached its length limit."
 RESTART_MARK = "interrupted: the bot restarted"
@@ -339,25 +339,8 @@ async def test_p1_sigkill_at_random_instants_loses_no_acknowledged_row(
 # -- P2 disk full -----------------------------------------------------------------------------
 
 
-def answer_writes(fake: FakeDiscord, msg: Any) -> list[Any]:
-    """The bot's successful creates/edits answering ``msg`` (reply and notices), in order."""
-    ids: set[str] = set()
-    out = []
-    for r in list(fake.requests):
-        if r.status >= 300 or not isinstance(r.json, dict):
-            continue
-        if r.route == POST:
-            ref = r.json.get("message_reference") or {}
-            if str(ref.get("message_id")) == str(msg.id):
-                ids.add(str(r.response["id"]))
-                out.append(r)
-        elif r.route == PATCH and r.params.get("message_id") in ids:
-            out.append(r)
-    return out
-
-
 def seen_texts(fake: FakeDiscord, msg: Any) -> list[str]:
-    return [str(r.json.get("content") or "") for r in answer_writes(fake, msg)]
+    return [str(r.json.get("content") or "") for r in reply_writes(fake, msg)]
 
 
 async def _set_max_pages(env: Env, extra: int | None) -> int:
@@ -697,22 +680,16 @@ async def test_p4_migrations_upgrade_refuse_newer_and_survive_a_kill(tmp_path, f
     await store.close()
     with connect(newer) as con:
         con.execute("PRAGMA user_version = 7")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        cwd=REPO,
-        env={
+    code, _, message = await run_bot(
+        {
             **{k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "LLM_"))},
             "DATABASE_PATH": str(newer),
             "DISCORD_TOKEN": "unused-token-123456",
             "BOT_CONFIG": str(REPO / "config" / "bot.toml"),
         },
-        stderr=asyncio.subprocess.PIPE,
+        timeout=30,
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    message = err.decode()
-    assert proc.returncode == 78, message
+    assert code == 78, message
     assert "schema version 7" in message and "newer version" in message
     with connect(newer) as con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == 7  # left untouched
@@ -765,23 +742,13 @@ async def test_p5_backup_under_load_restores_into_a_fresh_bot(fake_discord, tmp_
             load = [asyncio.create_task(chat(u, r)) for u, r in zip(users, rooms)]
             await asyncio.sleep(3.0)
             before = rows(db, "SELECT count(*) FROM messages")[0][0]
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bot",
-                "backup",
-                str(backup),
-                cwd=REPO,
-                env=env,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            _, err = await proc.communicate()
+            code, _, err = await run_bot(env, "backup", str(backup))
             await asyncio.sleep(2.0)
             stop.set()
             await asyncio.gather(*load)
             bot.signal(signal.SIGTERM)
             assert await bot.wait(30) == 0
-        assert proc.returncode == 0, err.decode()
+        assert code == 0, err
         check = integrity(backup)
         in_backup = rows(backup, "SELECT count(*) FROM messages")[0][0]
         live_after = rows(db, "SELECT count(*) FROM messages")[0][0]

@@ -14,7 +14,6 @@ import random
 import re
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from tests.conftest import REPO
 from tests.discord_server import FakeDiscord, Perm
 from tests.fake_vllm import FakeVLLM, Script
 from tests.harness import Env, running_bot
-from tests.process import BotProcess, bot_env
+from tests.process import BotProcess, bot_env, run_bot
 
 ADMIN = Perm.DEFAULT | Perm.MANAGE_GUILD
 MOD = Perm.DEFAULT | (1 << 4)  # MANAGE_CHANNELS
@@ -142,24 +141,12 @@ async def test_s1_no_token_in_logs_exports_or_replies(fake_discord, tmp_path, fi
             bot.signal(signal.SIGTERM)
             assert await bot.wait(20) == 0, bot.log[-3000:]
         # exports from the shell, too
-        cli = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "export",
-            "--format",
-            "csv",
-            cwd=REPO,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        cli_out, cli_err = await cli.communicate()
+        _, cli_out, cli_err = await run_bot(env, "export", "--format", "csv")
     interaction_tokens = [h.token for h in handles]
     logged_urls = re.findall(r"/(?:webhooks|interactions)/\d+/\S+", bot.log)
     haystacks = {
         "log": bot.log,
-        "cli": (cli_out + cli_err).decode(errors="replace"),
+        "cli": cli_out + cli_err,
         "exports": "".join(d.decode(errors="replace") for h in handles for d in uploads(h)),
         "replies": "\n".join(
             m.content for m in fake.world.messages.values() if m.author.id == fake.bot.id
